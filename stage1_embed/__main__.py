@@ -1,0 +1,131 @@
+"""``python -m stage1_embed``: embed every image of a dataset with several pretrained CNNs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .backbones import DEFAULT_BACKBONES, HUB_PRESET, SPEC_FORMS
+from .cli_common import run_cli, setup_logging
+from .config import DEFAULT_DATA_DIR, DEFAULT_OUT_DIR, Stage1Config
+from .errors import ConfigError
+from .extract import TTA_VIEWS
+from .sources import SOURCES
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m stage1_embed",
+        description="Stage 1: pooled embeddings of every image from pretrained timm CNNs, to Parquet.",
+        epilog=f"Backbone forms: {SPEC_FORMS}. Stronger hub preset (needs internet): "
+        + ",".join(HUB_PRESET),
+    )
+    p.add_argument(
+        "--data", type=Path, default=DEFAULT_DATA_DIR, help="dataset folder (Kaggle layout)"
+    )
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT_DIR, help="features folder to write")
+    p.add_argument("--train-csv", type=Path, help="train CSV (default: DATA/train.csv)")
+    p.add_argument("--test-csv", type=Path, help="test CSV (default: DATA/test.csv if present)")
+    p.add_argument("--images", type=Path, help="image folder, if not inside --data")
+    p.add_argument(
+        "--format", default="auto", choices=["auto", *SOURCES], help="force the image format"
+    )
+    p.add_argument(
+        "--backbones",
+        default=",".join(DEFAULT_BACKBONES),
+        help="comma-separated backbone specs, or 'none' for a metadata-only manifest",
+    )
+    p.add_argument(
+        "--weights-dir",
+        type=Path,
+        help="folder of local-dir weight folders ($MELANOMA_WEIGHTS_DIR)",
+    )
+    p.add_argument(
+        "--allow-random-init", action="store_true", help="fall back to random weights (recorded)"
+    )
+    p.add_argument(
+        "--random-init", action="store_true", help="use random weights on purpose (a baseline)"
+    )
+    p.add_argument("--input-size", type=int, help="override the backbone's input size (e.g. 384)")
+    p.add_argument(
+        "--tta", default="", help=f"comma-separated extra views averaged in: {','.join(TTA_VIEWS)}"
+    )
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=Stage1Config().num_workers, help="decode workers")
+    p.add_argument("--chunk-size", type=int, default=1024, help="images per resumable part")
+    p.add_argument(
+        "--skip-missing", action="store_true", help="run on the images present, dropping the rest"
+    )
+    p.add_argument(
+        "--max-failures", type=int, default=0, help="unreadable images tolerated (default 0)"
+    )
+    p.add_argument(
+        "--max-pixels", type=int, default=Stage1Config().max_pixels, help="decompression-bomb guard"
+    )
+    p.add_argument("--num-shards", type=int, default=1, help="split the work into N shards")
+    p.add_argument("--shard-index", type=int, default=0, help="which shard this process runs")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> Stage1Config:
+    backbones = (
+        ()
+        if args.backbones.strip().lower() in ("", "none")
+        else tuple(b.strip() for b in args.backbones.split(",") if b.strip())
+    )
+    tta = tuple(v.strip() for v in args.tta.split(",") if v.strip())
+    if set(tta) - set(TTA_VIEWS):
+        raise ConfigError(f"--tta {args.tta!r}: views must be among {','.join(TTA_VIEWS)}.")
+    return Stage1Config(
+        data_dir=args.data,
+        out_dir=args.out,
+        train_csv=args.train_csv,
+        test_csv=args.test_csv,
+        images_dir=args.images,
+        image_format=args.format,
+        backbones=backbones,
+        weights_dir=args.weights_dir,
+        allow_random_init=args.allow_random_init,
+        random_init=args.random_init,
+        input_size=args.input_size,
+        tta=tta,
+        device=args.device,
+        precision=args.precision,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        chunk_size=args.chunk_size,
+        skip_missing=args.skip_missing,
+        max_failures=args.max_failures,
+        max_pixels=args.max_pixels,
+        num_shards=args.num_shards,
+        shard_index=args.shard_index,
+        progress=not args.no_progress,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+
+    def _main() -> int:
+        from .pipeline import format_summary, run_stage1
+
+        summary = run_stage1(config_from_args(args))
+        print(format_summary(summary))
+        if not summary.complete:
+            print(
+                "some backbones wait for other shards: run the remaining --shard-index values; "
+                "the last one to finish assembles the files."
+            )
+        return 0
+
+    return run_cli(_main)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Stage 1 settings: one frozen dataclass, defaults in code, CLI flags override them."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .backbones import DEFAULT_BACKBONES
+from .decode import DEFAULT_MAX_PIXELS
+from .errors import ConfigError
+
+DEFAULT_DATA_DIR = Path("data/demo")
+DEFAULT_OUT_DIR = Path("data/out")
+
+
+@dataclass(frozen=True)
+class Stage1Config:
+    data_dir: Path = DEFAULT_DATA_DIR
+    out_dir: Path = DEFAULT_OUT_DIR
+    train_csv: Path | None = None
+    test_csv: Path | None = None
+    images_dir: Path | None = None
+    image_format: str = "auto"
+    backbones: tuple[str, ...] = DEFAULT_BACKBONES
+    weights_dir: Path | None = None
+    allow_random_init: bool = False
+    random_init: bool = False
+    input_size: int | None = None
+    tta: tuple[str, ...] = ()
+    device: str = "auto"
+    precision: str = "auto"
+    batch_size: int = 32
+    num_workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
+    chunk_size: int = 1024
+    skip_missing: bool = False
+    max_failures: int = 0
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    num_shards: int = 1
+    shard_index: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.chunk_size < 1:
+            raise ConfigError("--batch-size and --chunk-size must be at least 1.")
+        if not 0 <= self.shard_index < self.num_shards:
+            raise ConfigError(
+                f"--shard-index {self.shard_index} is outside 0..{self.num_shards - 1} "
+                f"for --num-shards {self.num_shards}."
+            )
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"--device {self.device!r}: use auto, cpu, cuda or cuda:N.")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ConfigError(f"--precision {self.precision!r}: use auto, fp32, bf16 or fp16.")
+        if self.max_failures < 0:
+            raise ConfigError("--max-failures must be 0 or more.")
+
+    @property
+    def train_csv_path(self) -> Path:
+        return self.train_csv or self.data_dir / "train.csv"
+
+    @property
+    def test_csv_path(self) -> Path | None:
+        if self.test_csv is not None:
+            return self.test_csv
+        default = self.data_dir / "test.csv"
+        return default if default.is_file() else None

@@ -1,0 +1,190 @@
+"""Stage 1 end to end: metadata -> scan -> one embedding file per backbone -> manifest."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from .atomic import atomic_write_text
+from .backbones import create_backbone, parse_backbone_spec
+from .config import Stage1Config
+from .errors import DataError, OutputError
+from .metadata import load_metadata
+from .runner import BackboneResult, EmbedSettings, embed_backbone
+from .scan import ScanResult, metadata_only_manifest, scan_dataset
+from .schema import embeddings_path, input_fingerprint, write_manifest
+from .sources import create_source
+
+logger = logging.getLogger(__name__)
+_LISTED = 10
+
+
+@dataclass
+class Stage1Summary:
+    out_dir: Path
+    n_images: int
+    source_format: str | None
+    results: list[BackboneResult] = field(default_factory=list)
+    n_failures: int = 0
+    complete: bool = True
+
+
+def run_stage1(config: Stage1Config) -> Stage1Summary:
+    """Run stage 1 under a lock on the output folder (per shard)."""
+    out = Path(config.out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(
+            f"Cannot create output folder {out}: {err.strerror}. Choose another --out."
+        ) from err
+    lock = FileLock(str(out / f".stage1-shard{config.shard_index}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout as err:
+        raise OutputError(
+            f"Another stage 1 run is writing to {out} (lock {lock.lock_file}). Wait for it to "
+            "finish, or use another --out folder."
+        ) from err
+    try:
+        return _run_locked(config, out)
+    finally:
+        lock.release()
+
+
+def _run_locked(config: Stage1Config, out: Path) -> Stage1Summary:
+    table = load_metadata(config.train_csv_path, config.test_csv_path)
+    if not config.backbones:
+        scan = metadata_only_manifest(table)
+        _write_manifest(scan, config, "metadata-only", [])
+        return Stage1Summary(out, len(table), None)
+    specs = [parse_backbone_spec(text) for text in config.backbones]
+    source = create_source(
+        config.data_dir, config.images_dir, config.image_format, config.max_pixels
+    )
+    scan = scan_dataset(table, source, skip_missing=config.skip_missing)
+    _save_cross_check(scan, out)
+    fingerprint = input_fingerprint(scan.manifest)
+    refs = [scan.refs[k] for k in sorted(scan.refs)]
+    settings = _embed_settings(config)
+    summary = Stage1Summary(out, len(refs), source.format_name)
+    for spec in specs:
+        backbone = create_backbone(
+            spec,
+            config.weights_dir,
+            allow_random=config.allow_random_init,
+            random_init=config.random_init,
+            input_size=config.input_size,
+        )
+        summary.results.append(embed_backbone(backbone, source, refs, out, fingerprint, settings))
+    failures = _all_failures(scan, summary.results)
+    summary.n_failures = len(failures)
+    summary.complete = all(r.status != "waiting-for-shards" for r in summary.results)
+    _write_manifest(scan, config, fingerprint, failures)
+    _check_failure_limit(failures, config.max_failures, out)
+    for result in summary.results:
+        if result.status == "computed" and result.parts is not None:
+            provenance = {**result.provenance, "failures": [list(f) for f in result.failures]}
+            result.parts.assemble(embeddings_path(out, result.slug), provenance)
+    return summary
+
+
+def _embed_settings(config: Stage1Config) -> EmbedSettings:
+    import torch
+
+    device = config.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise OutputError(
+            "--device cuda was asked for, but torch sees no CUDA device; use --device cpu."
+        )
+    precision = config.precision
+    if not device.startswith("cuda"):
+        precision = "fp32"  # autocast is used on CUDA only
+    elif precision == "auto":
+        precision = "bf16"
+    return EmbedSettings(
+        batch_size=config.batch_size,
+        num_workers=config.num_workers,
+        chunk_size=config.chunk_size,
+        device=device,
+        precision=precision,
+        tta=config.tta,
+        num_shards=config.num_shards,
+        shard_index=config.shard_index,
+        progress=config.progress,
+    )
+
+
+def _all_failures(scan: ScanResult, results: list[BackboneResult]) -> dict[tuple[str, str], str]:
+    """Images that could not be read: header failures plus decode failures of any backbone."""
+    failed = scan.manifest[scan.manifest["read_status"] == "failed"]
+    keys = zip(failed["split"], failed["image_name"], strict=True)
+    found = dict(zip(keys, failed["read_error"], strict=True))
+    for result in results:
+        for split, name, error in result.failures:
+            found.setdefault((split, name), error)
+    return found
+
+
+def _write_manifest(
+    scan: ScanResult, config: Stage1Config, fingerprint: str, failures: Any
+) -> None:
+    manifest = scan.manifest.copy()
+    for (split, name), error in dict(failures).items():
+        row = (manifest["split"] == split) & (manifest["image_name"] == name)
+        manifest.loc[row, ["read_status", "read_error"]] = ["failed", error]
+    provenance = {
+        "input_fingerprint": fingerprint,
+        "dataset": Path(config.data_dir).resolve().name,
+        "train_csv": str(config.train_csv_path),
+        "test_csv": str(config.test_csv_path) if config.test_csv_path else None,
+        "backbones": list(config.backbones),
+        "n_dropped_missing": scan.n_dropped_missing,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    write_manifest(manifest, config.out_dir, provenance)
+
+
+def _check_failure_limit(failures: dict[tuple[str, str], str], limit: int, out: Path) -> None:
+    if len(failures) <= limit:
+        for (split, name), error in list(failures.items())[:_LISTED]:
+            logger.warning("image %s/%s could not be read: %s", split, name, error)
+        return
+    listed = "; ".join(f"{s}/{n}: {e}" for (s, n), e in list(failures.items())[:_LISTED])
+    raise DataError(
+        f"{len(failures)} image(s) could not be read, more than --max-failures {limit}: {listed}"
+        f"{' ...' if len(failures) > _LISTED else ''}. The list is in {out}/manifest.parquet "
+        "(read_status = failed). Fix or remove those files, or rerun with --max-failures N to "
+        "write embeddings for the images that worked (finished work is kept and reused)."
+    )
+
+
+def _save_cross_check(scan: ScanResult, out: Path) -> None:
+    found = [
+        {"field": d.field, "count": d.count, "examples": d.examples} for d in scan.disagreements
+    ]
+    atomic_write_text(out / "metadata_check.json", json.dumps(found, indent=2))
+
+
+def format_summary(summary: Stage1Summary) -> str:
+    """The end-of-run table: backbone, images, failures, seconds, images/s, device, status."""
+    lines = [
+        f"{'backbone':<32} {'images':>7} {'failures':>8} {'seconds':>8} {'img/s':>7}  device  status"
+    ]
+    for r in summary.results:
+        lines.append(
+            f"{r.slug:<32} {r.n_images:>7} {len(r.failures):>8} {r.seconds:>8.1f} "
+            f"{r.images_per_second:>7.1f}  {r.device:<6}  {r.status}"
+        )
+    lines.append(
+        f"features: {summary.out_dir} ({summary.n_images} images, {summary.n_failures} unreadable)"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,200 @@
+"""Embed one backbone over all images: resumable parts, shards, progress, timing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .backbones import Backbone
+from .extract import Embedder, ImageDataset, make_loader, plan_batches
+from .parts import Failure, PartsFolder
+from .preprocess import Preprocess
+from .schema import EMBEDDINGS_DIR, SCHEMA_VERSION, embeddings_path, read_provenance
+from .sources import ImageRef, ImageSource
+
+logger = logging.getLogger(__name__)
+_LIBRARIES = (
+    "torch",
+    "torchvision",
+    "timm",
+    "numpy",
+    "pyarrow",
+    "pillow",
+    "pydicom",
+    "melanoma-stack",
+)
+
+
+@dataclass(frozen=True)
+class EmbedSettings:
+    """How to run extraction; only ``tta``, ``precision`` and ``chunk_size`` change the result."""
+
+    batch_size: int = 32
+    num_workers: int = 2
+    chunk_size: int = 1024
+    device: str = "cpu"
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast, CUDA only)
+    tta: tuple[str, ...] = ()
+    num_shards: int = 1
+    shard_index: int = 0
+    progress: bool = True
+
+
+@dataclass
+class BackboneResult:
+    slug: str
+    status: str  # computed | cached | waiting-for-shards
+    n_images: int
+    seconds: float
+    device: str
+    failures: list[Failure] = field(default_factory=list)
+    parts: PartsFolder | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.n_images / self.seconds if self.seconds > 0 else float("nan")
+
+
+def backbone_provenance(
+    backbone: Backbone, settings: EmbedSettings, fingerprint: str, n_images: int
+) -> dict[str, Any]:
+    """Everything that determines the embeddings, plus library versions; hashed for reruns."""
+    w = backbone.weights
+    relevant = {
+        "backbone_spec": backbone.spec.text,
+        "slug": backbone.spec.slug,
+        "architecture": backbone.architecture,
+        "num_features": backbone.num_features,
+        "weights": {"source": w.source, "location": w.location, "sha256": w.sha256},
+        "pretrained": w.pretrained,
+        "preprocessing": _jsonable(backbone.data_config),
+        "tta_views": list(settings.tta),
+        "precision": settings.precision,
+        "chunk_size": settings.chunk_size,
+        "input_fingerprint": fingerprint,
+        "schema_version": SCHEMA_VERSION,
+    }
+    settings_hash = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
+    return {
+        **relevant,
+        "settings_hash": settings_hash,
+        "n_images": n_images,
+        "libraries": _versions(),
+    }
+
+
+def embed_backbone(
+    backbone: Backbone,
+    source: ImageSource,
+    refs: list[ImageRef],
+    features_dir: Path,
+    fingerprint: str,
+    settings: EmbedSettings,
+) -> BackboneResult:
+    """Embed this shard's missing chunks; the caller checks failures and assembles."""
+    slug = backbone.spec.slug
+    provenance = backbone_provenance(backbone, settings, fingerprint, len(refs))
+    final = embeddings_path(features_dir, slug)
+    if _is_current(final, provenance["settings_hash"]):
+        logger.info("%s: embeddings are up to date, skipping", slug)
+        cached = read_provenance(final)
+        failures = [tuple(f) for f in cached.get("failures", [])]
+        return BackboneResult(slug, "cached", 0, 0.0, settings.device, failures, None, cached)  # type: ignore[arg-type]
+    chunks = plan_batches(len(refs), settings.chunk_size, settings.batch_size)
+    parts = PartsFolder(
+        Path(features_dir)
+        / EMBEDDINGS_DIR
+        / ".parts"
+        / f"{slug}-{provenance['settings_hash'][:12]}",
+        provenance["settings_hash"],
+        len(chunks),
+        backbone.num_features,
+    )
+    todo = [c for c in parts.missing_chunks() if c % settings.num_shards == settings.shard_index]
+    started = time.perf_counter()
+    n_done = _run_chunks(backbone, source, refs, chunks, todo, parts, settings)
+    seconds = time.perf_counter() - started
+    complete = not parts.missing_chunks()
+    status = "computed" if complete else "waiting-for-shards"
+    failures = parts.failures() if complete else []
+    return BackboneResult(
+        slug, status, n_done, seconds, settings.device, failures, parts, provenance
+    )
+
+
+def _run_chunks(
+    backbone: Backbone,
+    source: ImageSource,
+    refs: list[ImageRef],
+    chunks: list[list[list[int]]],
+    todo: list[int],
+    parts: PartsFolder,
+    settings: EmbedSettings,
+) -> int:
+    if not todo:
+        return 0
+    device = torch.device(settings.device)
+    embedder = Embedder(backbone.model, backbone.data_config, device, settings.tta, _amp(settings))
+    dataset = ImageDataset(source, refs, Preprocess.from_data_config(backbone.data_config))
+    batches = [batch for c in todo for batch in chunks[c]]
+    loader = make_loader(dataset, batches, settings.num_workers, pin_memory=device.type == "cuda")
+    total = sum(len(b) for b in batches)
+    bar = tqdm(total=total, desc=backbone.spec.slug, unit="img", disable=not settings.progress)
+    batch_iter = iter(loader)
+    for chunk in todo:
+        keys: list[tuple[str, str]] = []
+        vectors: list[np.ndarray] = []
+        failures: list[Failure] = []
+        for _ in chunks[chunk]:
+            batch = next(batch_iter)
+            if batch.pixels is not None:
+                vectors.append(embedder(batch.pixels))
+                keys += [(refs[i].split, refs[i].image_name) for i in batch.indices]
+            failures += [(refs[i].split, refs[i].image_name, err) for i, err in batch.failures]
+            bar.update(len(batch.indices) + len(batch.failures))
+        matrix = np.concatenate(vectors) if vectors else np.zeros((0, parts.width), np.float32)
+        parts.write_part(chunk, keys, matrix, failures)
+    bar.close()
+    return total
+
+
+def _amp(settings: EmbedSettings) -> torch.dtype | None:
+    if settings.precision == "fp32" or not settings.device.startswith("cuda"):
+        return None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[settings.precision]
+
+
+def _is_current(path: Path, settings_hash: str) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        return read_provenance(path).get("settings_hash") == settings_hash
+    except Exception:  # unreadable file: recompute it
+        return False
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(
+        json.dumps(value, default=lambda v: list(v) if isinstance(v, tuple) else str(v))
+    )
+
+
+def _versions() -> dict[str, str]:
+    versions = {}
+    for name in _LIBRARIES:
+        try:
+            versions[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
