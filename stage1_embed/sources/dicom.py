@@ -78,7 +78,7 @@ class DicomFolderSource(ImageSource):
 def header_metadata(ds: pydicom.Dataset) -> dict[str, Any]:
     """Patient id, sex, age and body site from the DICOM header, in the CSV's vocabulary."""
     age_match = _AGE.match(str(ds.get("PatientAge", "")))
-    site = str(ds.get("BodyPartExamined", "")).strip().lower()
+    site = str(ds.get("BodyPartExamined", "")).strip().lower().replace("_", "/")
     return {
         "patient_id": str(ds.get("PatientID", "")) or None,
         "sex": _SEX_CODES.get(str(ds.get("PatientSex", "")).upper()),

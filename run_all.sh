@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# melanoma-stack end to end: stage 1 (CNN embeddings) then stage 2 (tuned boosters, OOF AUC, report).
+# With no arguments it runs on the synthetic demo dataset (generated on first use).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+usage() {
+  cat <<'USAGE'
+Usage: ./run_all.sh [options]
+
+  --data DIR          dataset folder in the Kaggle layout (train.csv [test.csv] + jpeg/, train/*.dcm
+                      or tfrecords/); default: the synthetic demo in data/demo (generated if absent)
+  --out DIR           outputs: stage 1 writes DIR/manifest.parquet and DIR/embeddings/, stage 2
+                      writes DIR/stage2/; default: data/out/<name of the data folder>
+  --backbones LIST    comma-separated timm backbone specs (arch[.tag], hf-hub:org/name,
+                      local-dir:/path), or 'none' for metadata only;
+                      default: tf_efficientnet_lite0,tf_efficientnet_lite1,tf_efficientnet_lite2
+  --trials N          Optuna trials added to each model's study this run (default 20)
+  --features GROUPS   stage-2 feature groups: metadata,patient,embedding,ugly-duckling,acquisition
+                      (default: all but acquisition)
+  --timeout S         seconds of tuning per model
+  --storage URL       Optuna storage (default sqlite:///OUT/stage2/optuna.db); a PostgreSQL/MySQL URL
+                      lets several workers share one study
+  --weights-dir DIR   folder of local-dir weight folders (also $MELANOMA_WEIGHTS_DIR)
+  --device D          auto | cpu | cuda (default auto)
+  --stage S           1 | 2 | all (default all); --stage 2 reuses the cached embeddings
+  --smoke             tiny and fast (a small demo, one backbone, 2 trials): checks the install
+  -h, --help          this help
+USAGE
+}
+
+die() { echo "error: $*" >&2; echo "run ./run_all.sh --help for usage" >&2; exit 2; }
+need() { [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value"; }
+
+DATA="" OUT="" BACKBONES="" TRIALS=20 FEATURES="" TIMEOUT="" STORAGE="" WEIGHTS_DIR="" DEVICE=auto STAGE=all SMOKE=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --data) need "$@"; DATA="$2"; shift 2 ;;
+    --out) need "$@"; OUT="$2"; shift 2 ;;
+    --backbones) need "$@"; BACKBONES="$2"; shift 2 ;;
+    --trials) need "$@"; TRIALS="$2"; shift 2 ;;
+    --features) need "$@"; FEATURES="$2"; shift 2 ;;
+    --timeout) need "$@"; TIMEOUT="$2"; shift 2 ;;
+    --storage) need "$@"; STORAGE="$2"; shift 2 ;;
+    --weights-dir) need "$@"; WEIGHTS_DIR="$2"; shift 2 ;;
+    --device) need "$@"; DEVICE="$2"; shift 2 ;;
+    --stage) need "$@"; STAGE="$2"; shift 2 ;;
+    --smoke) SMOKE=1; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) die "unknown option '$1'" ;;
+  esac
+done
+case "$STAGE" in 1|2|all) ;; *) die "--stage must be 1, 2 or all (got '$STAGE')" ;; esac
+case "$DEVICE" in auto|cpu|cuda|cuda:*) ;; *) die "--device must be auto, cpu or cuda (got '$DEVICE')" ;; esac
+[[ "$TRIALS" =~ ^[0-9]+$ ]] || die "--trials must be a whole number (got '$TRIALS')"
+
+source scripts/ensure_venv.sh
+START=$(date +%s)
+
+STAGE1_EXTRA=() STAGE2_EXTRA=()
+if [ "$SMOKE" = 1 ]; then
+  DATA="${DATA:-data/demo-smoke}"
+  BACKBONES="${BACKBONES:-tf_efficientnet_lite0}"
+  TRIALS=2
+  STAGE2_EXTRA+=(--folds 3 --bootstrap 200 --max-rounds 300 --early-stopping 30)
+  if [ ! -f "$DATA/train.csv" ]; then python -m stage1_embed.demo --out "$DATA" --patients 20; fi
+fi
+if [ -z "$DATA" ]; then
+  DATA=data/demo
+  if [ ! -f "$DATA/train.csv" ]; then python -m stage1_embed.demo --out "$DATA"; fi
+fi
+[ -d "$DATA" ] || die "--data $DATA is not a folder"
+OUT="${OUT:-data/out/$(basename "$(cd "$DATA" && pwd)")}"
+
+if [ "$STAGE" != 2 ]; then
+  ARGS=(--data "$DATA" --out "$OUT" --device "$DEVICE")
+  [ -n "$BACKBONES" ] && ARGS+=(--backbones "$BACKBONES")
+  [ -n "$WEIGHTS_DIR" ] && ARGS+=(--weights-dir "$WEIGHTS_DIR")
+  echo "== stage 1: embeddings ($DATA -> $OUT)"
+  python -m stage1_embed "${ARGS[@]}" "${STAGE1_EXTRA[@]}"
+fi
+if [ "$STAGE" != 1 ]; then
+  ARGS=(train --features "$OUT" --trials "$TRIALS")
+  [ -n "$FEATURES" ] && ARGS+=(--groups "$FEATURES")
+  [ -n "$TIMEOUT" ] && ARGS+=(--timeout "$TIMEOUT")
+  [ -n "$STORAGE" ] && ARGS+=(--storage "$STORAGE")
+  echo "== stage 2: tuned LightGBM + XGBoost ($OUT -> $OUT/stage2)"
+  python -m stage2_boost "${ARGS[@]}" "${STAGE2_EXTRA[@]}"
+fi
+echo "== done in $(( $(date +%s) - START )) s (dataset $DATA, outputs $OUT)"

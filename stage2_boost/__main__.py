@@ -1,0 +1,114 @@
+"""``python -m stage2_boost {train,inspect,runs}``: the CPU half, rerun in seconds."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from stage1_embed.cli_common import run_cli, setup_logging
+
+from .boosters import BOOSTERS
+from .features import GROUPS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m stage2_boost", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="tune LightGBM/XGBoost, measure OOF AUC, write outputs")
+    t.add_argument("--features", dest="features_dir", type=Path, default=Path("data/out"),
+                   help="stage 1 output folder (manifest.parquet, embeddings/)")  # fmt: skip
+    t.add_argument("--out", type=Path, help="stage 2 folder (default: FEATURES/stage2)")
+    t.add_argument("--groups", help=f"comma-separated feature groups from {','.join(GROUPS)}")
+    t.add_argument("--backbones", help="comma-separated embedding slugs (default: all present)")
+    t.add_argument("--reduction", default="pca", choices=["pca", "raw"])
+    t.add_argument("--components", type=int, default=32, help="PCA components per backbone")
+    t.add_argument(
+        "--models", default="lgbm,xgb", help=f"comma-separated from {','.join(BOOSTERS)}"
+    )
+    t.add_argument("--folds", type=int, default=5)
+    t.add_argument("--seed", type=int, default=42)
+    t.add_argument("--trials", type=int, default=20, help="trials added to each study this run")
+    t.add_argument("--timeout", type=float, help="seconds of tuning per model")
+    t.add_argument("--storage", help="Optuna storage URL (default sqlite:///OUT/optuna.db)")
+    t.add_argument("--max-rounds", type=int, default=2000)
+    t.add_argument("--early-stopping", type=int, default=100)
+    t.add_argument(
+        "--bootstrap", type=int, default=1000, help="patient bootstrap resamples for the CI"
+    )
+    t.add_argument("--no-report", action="store_true")
+    for name, helptext in (
+        ("inspect", "list Optuna studies, or show one with plots"),
+        ("runs", "the run log"),
+    ):
+        s = sub.add_parser(name, help=helptext)
+        s.add_argument("--out", type=Path, default=Path("data/out/stage2"), help="stage 2 folder")
+        if name == "inspect":
+            s.add_argument("--storage", help="Optuna storage URL (default sqlite:///OUT/optuna.db)")
+            s.add_argument("--study", help="study name (default: list all)")
+            s.add_argument("--top", type=int, default=5, help="best trials to show")
+    for s in sub.choices.values():
+        s.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def _split(text: str | None) -> tuple[str, ...] | None:
+    return None if text is None else tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .config import Stage2Config
+    from .train import run_training
+
+    config = Stage2Config(
+        features_dir=args.features_dir, out_dir=args.out, feature_groups=_split(args.groups),
+        backbones=_split(args.backbones), reduction=args.reduction, n_components=args.components,
+        models=_split(args.models) or (), n_folds=args.folds, seed=args.seed, n_trials=args.trials,
+        timeout=args.timeout, storage=args.storage, max_rounds=args.max_rounds,
+        early_stopping=args.early_stopping, n_bootstrap=args.bootstrap, report=not args.no_report,
+    )  # fmt: skip
+    result = run_training(config)
+    print(format_run_summary(result.metrics, result.out_dir))
+    return 0
+
+
+def format_run_summary(metrics: dict, out: Path) -> str:
+    lines = [f"run {metrics['run_id']}: {metrics['n_train']} train images ({metrics['n_pos']} malignant), "
+             f"features {'+'.join(metrics['feature_groups'])}, backbones {','.join(metrics['backbones']) or 'none'}"]  # fmt: skip
+    for name, m in metrics["models"].items():
+        tuning = f"{m['tuning_auc']:.4f}" if m["tuning_auc"] is not None else "untuned"
+        lines.append(f"  {name:<6} OOF AUC {m['oof_auc']:.4f} [{m['oof_auc_ci95'][0]:.4f}, {m['oof_auc_ci95'][1]:.4f}]"
+                     f"  tuning AUC {tuning}  ({m['n_trials_in_study']} trials in study)")  # fmt: skip
+    low, high = metrics["oof_auc_ci95"]
+    lines.append(f"  blend  OOF AUC {metrics['oof_auc']:.4f} [{low:.4f}, {high:.4f}]")
+    if "oof_auc_without_acquisition" in metrics:
+        lines.append(
+            f"  blend without acquisition features: {metrics['oof_auc_without_acquisition']:.4f}"
+        )
+    lines.append(f"outputs: {out} (report: {out / 'report' / 'report.md'})")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    def _main() -> int:
+        if args.command == "train":
+            return _train(args)
+        if args.command == "inspect":
+            from .inspect_studies import inspect_command
+
+            return inspect_command(args.out, args.storage, args.study, args.top)
+        from .runs import print_runs
+
+        return print_runs(args.out)
+
+    return run_cli(_main)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""LightGBM and XGBoost behind one adapter: suggest parameters, prepare data once, fit, predict."""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+
+from .errors import ConfigError
+
+N_THREADS = os.cpu_count() or 1
+
+
+@dataclass
+class Fitted:
+    model: Any
+    best_iteration: int
+
+
+class BoosterAdapter(ABC):
+    """One gradient-boosting library. Data handles are built once per fold and reused by trials."""
+
+    name: str
+
+    def __init__(self, seed: int = 0, max_rounds: int = 2000, early_stopping: int = 100) -> None:
+        self.seed, self.max_rounds, self.early_stopping = seed, max_rounds, early_stopping
+
+    @abstractmethod
+    def suggest_params(self, trial: Any) -> dict[str, Any]:
+        """Draw one parameter set from the search space (define-by-run)."""
+
+    @abstractmethod
+    def default_params(self) -> dict[str, Any]:
+        """Sensible untuned parameters (used when a study has no finished trial)."""
+
+    @abstractmethod
+    def prepare(
+        self, X_fit: pd.DataFrame, y_fit: np.ndarray, X_stop: pd.DataFrame, y_stop: np.ndarray
+    ) -> Any:
+        """Library-native training and early-stopping data, built once."""
+
+    @abstractmethod
+    def fit(self, prepared: Any, params: dict[str, Any]) -> Fitted:
+        """Train on the fit part, stopping early on the stop part (never the reported fold)."""
+
+    @abstractmethod
+    def predict(self, fitted: Fitted, X: pd.DataFrame) -> np.ndarray:
+        """Probability of malignancy per row."""
+
+    @abstractmethod
+    def gain_importance(self, fitted: Fitted) -> dict[str, float]:
+        """Total gain per feature name."""
+
+
+class LightGBMAdapter(BoosterAdapter):
+    name = "lgbm"
+    _dataset_params: ClassVar[dict[str, Any]] = {
+        "max_bin": 255,
+        "feature_pre_filter": False,
+        "verbose": -1,
+    }
+
+    def suggest_params(self, trial: Any) -> dict[str, Any]:
+        return {
+            "learning_rate": trial.suggest_float("learning_rate", 0.01, 0.2, log=True),
+            "num_leaves": trial.suggest_int("num_leaves", 4, 64, log=True),
+            "min_child_samples": trial.suggest_int("min_child_samples", 5, 200, log=True),
+            "feature_fraction": trial.suggest_float("feature_fraction", 0.2, 1.0),
+            "bagging_fraction": trial.suggest_float("bagging_fraction", 0.5, 1.0),
+            "lambda_l2": trial.suggest_float("lambda_l2", 1e-3, 10.0, log=True),
+            "scale_pos_weight": trial.suggest_float("scale_pos_weight", 1.0, 30.0, log=True),
+        }
+
+    def default_params(self) -> dict[str, Any]:
+        return {"learning_rate": 0.05, "num_leaves": 15, "min_child_samples": 20, "feature_fraction": 0.8,
+                "bagging_fraction": 0.8, "lambda_l2": 1.0, "scale_pos_weight": 1.0}  # fmt: skip
+
+    def prepare(
+        self, X_fit: pd.DataFrame, y_fit: np.ndarray, X_stop: pd.DataFrame, y_stop: np.ndarray
+    ) -> Any:
+        import lightgbm as lgb
+
+        train = lgb.Dataset(X_fit, y_fit, params=self._dataset_params, free_raw_data=False)
+        stop = lgb.Dataset(
+            X_stop, y_stop, reference=train, params=self._dataset_params, free_raw_data=False
+        )
+        train.construct()
+        stop.construct()
+        return train, stop
+
+    def fit(self, prepared: Any, params: dict[str, Any]) -> Fitted:
+        import lightgbm as lgb
+
+        train, stop = prepared
+        full = {"objective": "binary", "metric": "auc", "verbosity": -1, "num_threads": N_THREADS,
+                "seed": self.seed, "bagging_freq": 1, "deterministic": True, "force_row_wise": True,
+                **self._dataset_params, **params}  # fmt: skip
+        booster = lgb.train(
+            full, train, num_boost_round=self.max_rounds, valid_sets=[stop],
+            callbacks=[lgb.early_stopping(self.early_stopping, verbose=False)],
+        )  # fmt: skip
+        return Fitted(booster, int(booster.best_iteration or booster.current_iteration()))
+
+    def predict(self, fitted: Fitted, X: pd.DataFrame) -> np.ndarray:
+        return np.asarray(
+            fitted.model.predict(X, num_iteration=fitted.best_iteration), dtype=np.float64
+        )
+
+    def gain_importance(self, fitted: Fitted) -> dict[str, float]:
+        gains = fitted.model.feature_importance("gain", iteration=fitted.best_iteration)
+        return dict(zip(fitted.model.feature_name(), map(float, gains), strict=True))
+
+
+class XGBoostAdapter(BoosterAdapter):
+    name = "xgb"
+    _max_bin = 256
+
+    def suggest_params(self, trial: Any) -> dict[str, Any]:
+        return {
+            "eta": trial.suggest_float("eta", 0.01, 0.2, log=True),
+            "max_depth": trial.suggest_int("max_depth", 2, 8),
+            "min_child_weight": trial.suggest_float("min_child_weight", 0.5, 50.0, log=True),
+            "subsample": trial.suggest_float("subsample", 0.5, 1.0),
+            "colsample_bytree": trial.suggest_float("colsample_bytree", 0.2, 1.0),
+            "lambda": trial.suggest_float("lambda", 1e-3, 10.0, log=True),
+            "scale_pos_weight": trial.suggest_float("scale_pos_weight", 1.0, 30.0, log=True),
+        }
+
+    def default_params(self) -> dict[str, Any]:
+        return {"eta": 0.05, "max_depth": 4, "min_child_weight": 1.0, "subsample": 0.8,
+                "colsample_bytree": 0.8, "lambda": 1.0, "scale_pos_weight": 1.0}  # fmt: skip
+
+    def prepare(
+        self, X_fit: pd.DataFrame, y_fit: np.ndarray, X_stop: pd.DataFrame, y_stop: np.ndarray
+    ) -> Any:
+        import xgboost as xgb
+
+        train = xgb.QuantileDMatrix(X_fit, y_fit, enable_categorical=True, max_bin=self._max_bin)
+        stop = xgb.QuantileDMatrix(X_stop, y_stop, enable_categorical=True, ref=train)
+        return train, stop
+
+    def fit(self, prepared: Any, params: dict[str, Any]) -> Fitted:
+        import xgboost as xgb
+
+        train, stop = prepared
+        full = {"objective": "binary:logistic", "eval_metric": "auc", "tree_method": "hist",
+                "max_bin": self._max_bin, "nthread": N_THREADS, "seed": self.seed, **params}  # fmt: skip
+        booster = xgb.train(
+            full, train, num_boost_round=self.max_rounds, evals=[(stop, "stop")],
+            early_stopping_rounds=self.early_stopping, verbose_eval=False,
+        )  # fmt: skip
+        return Fitted(booster, int(booster.best_iteration) + 1)
+
+    def predict(self, fitted: Fitted, X: pd.DataFrame) -> np.ndarray:
+        import xgboost as xgb
+
+        matrix = xgb.DMatrix(X, enable_categorical=True, nthread=N_THREADS)
+        return np.asarray(
+            fitted.model.predict(matrix, iteration_range=(0, fitted.best_iteration)), np.float64
+        )
+
+    def gain_importance(self, fitted: Fitted) -> dict[str, float]:
+        return {
+            k: float(v) for k, v in fitted.model.get_score(importance_type="total_gain").items()
+        }
+
+
+BOOSTERS: dict[str, type[BoosterAdapter]] = {"lgbm": LightGBMAdapter, "xgb": XGBoostAdapter}
+
+
+def create_booster(name: str, **kwargs: Any) -> BoosterAdapter:
+    if name not in BOOSTERS:
+        raise ConfigError(f"Unknown model {name!r}; choose from {','.join(BOOSTERS)}.")
+    return BOOSTERS[name](**kwargs)

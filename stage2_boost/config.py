@@ -1,0 +1,63 @@
+"""Stage 2 settings: one frozen dataclass, defaults in code, CLI flags override them."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .boosters import BOOSTERS
+from .errors import ConfigError
+from .features import GROUPS
+
+
+@dataclass(frozen=True)
+class Stage2Config:
+    features_dir: Path = Path("data/out")
+    out_dir: Path | None = None  # default: <features_dir>/stage2
+    feature_groups: tuple[str, ...] | None = None  # None: every applicable default group
+    backbones: tuple[str, ...] | None = None  # None: every embedding file present
+    reduction: str = "pca"
+    n_components: int = 32
+    models: tuple[str, ...] = ("lgbm", "xgb")
+    n_folds: int = 5
+    seed: int = 42
+    n_trials: int = 20
+    timeout: float | None = None
+    storage: str | None = None  # default: sqlite:///<out>/optuna.db
+    max_rounds: int = 2000
+    early_stopping: int = 100
+    n_bootstrap: int = 1000
+    report: bool = True
+
+    def __post_init__(self) -> None:
+        if self.reduction not in ("pca", "raw"):
+            raise ConfigError(f"--reduction {self.reduction!r}: use pca or raw.")
+        unknown = [m for m in self.models if m not in BOOSTERS]
+        if unknown or not self.models:
+            raise ConfigError(f"--models {list(self.models)}: choose from {','.join(BOOSTERS)}.")
+        if self.feature_groups is not None:
+            bad = [g for g in self.feature_groups if g not in GROUPS]
+            if bad:
+                raise ConfigError(
+                    f"Unknown feature group(s) {bad}; choose from {','.join(GROUPS)}."
+                )
+        if self.n_folds < 2:
+            raise ConfigError("--folds must be at least 2.")
+        if self.n_trials < 0 or self.n_components < 1:
+            raise ConfigError("--trials must be >= 0 and --components >= 1.")
+
+    @property
+    def stage2_dir(self) -> Path:
+        return self.out_dir or Path(self.features_dir) / "stage2"
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or f"sqlite:///{(self.stage2_dir / 'optuna.db').resolve()}"
+
+    def to_json(self) -> dict[str, Any]:
+        from .tune import mask_url
+
+        values = asdict(self)
+        values["storage"] = mask_url(self.storage_url)
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in values.items()}

@@ -1,0 +1,121 @@
+"""Per-fold feature matrices (built once) and cross-validation of one parameter set."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import StratifiedGroupKFold
+
+from .boosters import BoosterAdapter
+from .data import StageData
+from .features import FeatureGroup, build_features
+
+GroupFactory = Callable[[], list[FeatureGroup]]
+INNER_SPLITS = 5  # the early-stopping part is one fifth of the training part's patients
+
+
+@dataclass
+class FoldMatrices:
+    """One outer fold: its rows (positions in ``StageData.frame``) and feature matrices."""
+
+    fold: int
+    fit_rows: np.ndarray
+    stop_rows: np.ndarray
+    valid_rows: np.ndarray
+    X_fit: pd.DataFrame
+    X_stop: pd.DataFrame
+    X_valid: pd.DataFrame
+    X_test: pd.DataFrame | None
+    y_fit: np.ndarray
+    y_stop: np.ndarray
+    y_valid: np.ndarray
+    prepared: dict[str, Any] = field(default_factory=dict)  # adapter name -> native data
+
+    def native(self, adapter: BoosterAdapter) -> Any:
+        if adapter.name not in self.prepared:
+            self.prepared[adapter.name] = adapter.prepare(
+                self.X_fit, self.y_fit, self.X_stop, self.y_stop
+            )
+        return self.prepared[adapter.name]
+
+
+@dataclass
+class CVResult:
+    oof: np.ndarray  # aligned with the train rows passed to prepare_folds
+    fold_aucs: list[float]
+    best_iterations: list[int]
+    test_pred: np.ndarray | None
+    importance: dict[str, float] = field(default_factory=dict)  # mean gain over folds
+
+    @property
+    def mean_auc(self) -> float:
+        return float(np.mean(self.fold_aucs))
+
+
+def prepare_folds(
+    data: StageData,
+    train_rows: np.ndarray,
+    folds: np.ndarray,
+    make_groups: GroupFactory,
+    seed: int,
+    test_rows: np.ndarray | None = None,
+) -> list[FoldMatrices]:
+    """Build every fold's matrices once; feature groups are fitted on the training part only."""
+    target = data.frame["target"].to_numpy(dtype=np.int64, na_value=-1)
+    out = []
+    for fold in range(int(folds.max()) + 1):
+        valid = train_rows[folds == fold]
+        fit, stop = inner_split(data, train_rows[folds != fold], seed + fold)
+        row_sets = [fit, stop, valid] + (
+            [test_rows] if test_rows is not None and len(test_rows) else []
+        )
+        matrices = build_features(make_groups(), data, np.concatenate([fit, stop]), row_sets)
+        X_test = matrices[3] if len(matrices) > 3 else None
+        out.append(FoldMatrices(fold, fit, stop, valid, *matrices[:3], X_test,
+                                target[fit], target[stop], target[valid]))  # fmt: skip
+    return out
+
+
+def inner_split(data: StageData, rows: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split a fold's training part by patient into a fit part and an early-stopping part."""
+    frame = data.frame.iloc[rows]
+    splitter = StratifiedGroupKFold(n_splits=INNER_SPLITS, shuffle=True, random_state=seed)
+    fit, stop = next(splitter.split(frame, frame["target"].astype(int), frame["patient_id"]))
+    return rows[fit], rows[stop]
+
+
+def cross_validate(
+    adapter: BoosterAdapter,
+    folds: Sequence[FoldMatrices],
+    params: dict[str, Any],
+    on_fold: Callable[[int, float], None] | None = None,
+) -> CVResult:
+    """Fit one model per fold; ``on_fold(fold, running mean AUC)`` may stop early (pruning)."""
+    n = sum(len(f.valid_rows) for f in folds)
+    oof, aucs, iterations, tests = np.full(n, np.nan), [], [], []
+    gains: dict[str, float] = {}
+    offsets = np.cumsum([0] + [len(f.valid_rows) for f in folds])
+    for fold, start in zip(folds, offsets, strict=False):
+        fitted = adapter.fit(fold.native(adapter), params)
+        pred = adapter.predict(fitted, fold.X_valid)
+        oof[start : start + len(pred)] = pred
+        aucs.append(float(roc_auc_score(fold.y_valid, pred)))
+        iterations.append(fitted.best_iteration)
+        for name, gain in adapter.gain_importance(fitted).items():
+            gains[name] = gains.get(name, 0.0) + gain / len(folds)
+        if fold.X_test is not None:
+            tests.append(adapter.predict(fitted, fold.X_test))
+        if on_fold is not None:
+            on_fold(fold.fold, float(np.mean(aucs)))
+    test_pred = np.mean(tests, axis=0) if tests else None
+    return CVResult(oof, aucs, iterations, test_pred, gains)
+
+
+def oof_rows(folds: Sequence[FoldMatrices]) -> np.ndarray:
+    """Positions in ``StageData.frame`` of the OOF predictions, in ``cross_validate``'s order."""
+    return np.concatenate([f.valid_rows for f in folds])

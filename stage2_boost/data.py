@@ -1,0 +1,98 @@
+"""Read and validate stage 1's outputs (manifest + embeddings) into aligned arrays."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from stage1_embed.schema import (
+    EMBEDDINGS_DIR,
+    REBUILD_HINT,
+    USABLE_STATUSES,
+    embeddings_path,
+    read_embeddings,
+    read_manifest,
+)
+
+from .errors import ContractError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StageData:
+    """Usable rows of both splits, and per backbone an embedding matrix aligned with them."""
+
+    frame: pd.DataFrame  # manifest rows, index 0..n-1
+    embeddings: dict[str, np.ndarray] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    embedding_provenance: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def dataset(self) -> str:
+        return str(self.provenance.get("dataset", "dataset"))
+
+    def split_index(self, split: str) -> np.ndarray:
+        return np.flatnonzero((self.frame["split"] == split).to_numpy())
+
+
+def available_backbones(features_dir: Path) -> list[str]:
+    """Slugs of the embedding files present, sorted."""
+    folder = Path(features_dir) / EMBEDDINGS_DIR
+    return sorted(p.stem for p in folder.glob("*.parquet")) if folder.is_dir() else []
+
+
+def load_stage_data(features_dir: Path, backbones: list[str] | None) -> StageData:
+    """Manifest rows usable by stage 2, plus embeddings of ``backbones`` (None = all present)."""
+    manifest, provenance = read_manifest(features_dir)
+    frame = manifest[manifest["read_status"].isin(USABLE_STATUSES)].reset_index(drop=True)
+    dropped = len(manifest) - len(frame)
+    if dropped:
+        logger.warning("%d manifest rows are missing/unreadable images and are left out", dropped)
+    data = StageData(frame, provenance=provenance)
+    wanted = available_backbones(features_dir) if backbones is None else backbones
+    for slug in wanted:
+        path = embeddings_path(features_dir, slug)
+        table = read_embeddings(path)
+        _check_fingerprint(table.provenance, provenance, path)
+        data.embeddings[slug] = _aligned(table.keys, table.vectors, frame, path)
+        data.embedding_provenance[slug] = table.provenance
+    return data
+
+
+def _check_fingerprint(emb: dict[str, Any], manifest: dict[str, Any], path: Path) -> None:
+    if emb.get("input_fingerprint") != manifest.get("input_fingerprint"):
+        raise ContractError(
+            f"{path} was computed from a different input than manifest.parquet (input fingerprints "
+            f"differ: the images or CSV changed since). {REBUILD_HINT}"
+        )
+
+
+def _aligned(
+    keys: pd.DataFrame, vectors: np.ndarray, frame: pd.DataFrame, path: Path
+) -> np.ndarray:
+    """Rows of ``vectors`` in ``frame`` order; every usable image must have an embedding."""
+    position = pd.Series(
+        np.arange(len(keys)), index=pd.MultiIndex.from_frame(keys[["split", "image_name"]])
+    )
+    if position.index.has_duplicates:
+        raise ContractError(f"{path} has duplicate (split, image_name) rows. {REBUILD_HINT}")
+    wanted = pd.MultiIndex.from_frame(frame[["split", "image_name"]])
+    found = position.reindex(wanted)
+    if found.isna().any():
+        missing = [f"{s}/{n}" for s, n in wanted[found.isna().to_numpy()][:5]]
+        raise ContractError(
+            f"{path} lacks embeddings for {int(found.isna().sum())} image(s) the manifest lists as "
+            f"readable, e.g. {missing}. {REBUILD_HINT}"
+        )
+    extra = len(keys) - int(found.notna().sum())
+    if extra:
+        logger.info(
+            "%s: %d embeddings of images not usable in this manifest are ignored", path.name, extra
+        )
+    return vectors[found.to_numpy(dtype=np.int64)]

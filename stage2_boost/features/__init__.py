@@ -1,0 +1,72 @@
+"""Feature groups by name, and building a fold's feature matrices from them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..data import StageData
+from ..errors import ConfigError
+from .acquisition import AcquisitionFeatures
+from .base import FeatureGroup
+from .embedding import EmbeddingFeatures
+from .metadata import MetadataFeatures
+from .patient import PatientFeatures
+from .ugly_duckling import UglyDucklingFeatures
+
+GROUPS = ("metadata", "patient", "embedding", "ugly-duckling", "acquisition")
+DEFAULT_GROUPS = ("metadata", "patient", "embedding", "ugly-duckling")
+IMAGE_GROUPS = frozenset({"embedding", "ugly-duckling"})
+
+
+def parse_groups(text: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(g.strip() for g in text.split(",") if g.strip()))
+    unknown = [g for g in names if g not in GROUPS]
+    if unknown or not names:
+        raise ConfigError(
+            f"Unknown feature group(s) {unknown or [text]}; choose from {','.join(GROUPS)}."
+        )
+    return names
+
+
+def create_feature_groups(
+    names: Sequence[str], backbones: Sequence[str], reduction: str, n_components: int, seed: int
+) -> list[FeatureGroup]:
+    """Fresh (unfitted) groups; image groups get one instance per backbone."""
+    groups: list[FeatureGroup] = []
+    for name in names:
+        if name == "metadata":
+            groups.append(MetadataFeatures())
+        elif name == "patient":
+            groups.append(PatientFeatures())
+        elif name == "acquisition":
+            groups.append(AcquisitionFeatures())
+        elif name == "embedding":
+            groups += [EmbeddingFeatures(s, reduction, n_components, seed) for s in backbones]
+        elif name == "ugly-duckling":
+            groups += [UglyDucklingFeatures(s) for s in backbones]
+    return groups
+
+
+def build_features(
+    groups: Sequence[FeatureGroup],
+    data: StageData,
+    fit_rows: np.ndarray,
+    row_sets: Sequence[np.ndarray],
+) -> list[pd.DataFrame]:
+    """Fit every group on ``fit_rows`` only, then transform each of ``row_sets``."""
+    for group in groups:
+        group.fit(data, fit_rows)
+    return [pd.concat([g.transform(data, rows) for g in groups], axis=1) for rows in row_sets]
+
+
+def feature_group_of(column: str) -> str:
+    """The --features group a column belongs to, from its namespace."""
+    prefix, _, rest = column.partition("__")
+    if prefix == "meta":
+        return "metadata"
+    if prefix in ("patient", "acq"):
+        return {"patient": "patient", "acq": "acquisition"}[prefix]
+    return "ugly-duckling" if rest.startswith("ud_") else "embedding"

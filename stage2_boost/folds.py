@@ -1,0 +1,94 @@
+"""Patient-grouped, target-stratified, seeded folds, saved and reused so runs are comparable."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from sklearn.model_selection import StratifiedGroupKFold
+
+from stage1_embed.atomic import atomic_path
+
+from .errors import TrainingError
+
+logger = logging.getLogger(__name__)
+FOLDS_FILE = "folds.parquet"
+_META_KEY = b"melanoma_stack_folds"
+FEW_POSITIVES = 5
+
+
+def make_folds(train: pd.DataFrame, n_folds: int, seed: int) -> np.ndarray:
+    """Fold number per row of ``train``: no patient in two folds, positives spread evenly."""
+    check_trainable(train, n_folds)
+    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    folds = np.full(len(train), -1, dtype=np.int8)
+    for fold, (_, valid) in enumerate(splitter.split(train, train["target"], train["patient_id"])):
+        folds[valid] = fold
+    _warn_few_positives(train["target"].to_numpy(), folds)
+    return folds
+
+
+def check_trainable(train: pd.DataFrame, n_folds: int) -> None:
+    """Refuse data that cannot support ``n_folds``-fold grouped cross-validation."""
+    n_pos = int(train["target"].sum())
+    classes = train["target"].nunique()
+    if classes < 2:
+        raise TrainingError(
+            f"The training set has a single class ({len(train)} rows, target all "
+            f"{int(train['target'].iloc[0])}); AUC needs both malignant and benign images."
+        )
+    if n_pos < n_folds:
+        raise TrainingError(
+            f"The training set has {n_pos} malignant image(s), fewer than the {n_folds} folds: "
+            "some folds would have none. Use fewer folds (--folds) or more data."
+        )
+    n_patients = train["patient_id"].nunique()
+    if n_patients < n_folds:
+        raise TrainingError(f"{n_patients} patients cannot fill {n_folds} patient-grouped folds.")
+
+
+def _warn_few_positives(target: np.ndarray, folds: np.ndarray) -> None:
+    for fold in np.unique(folds):
+        n_pos = int(target[folds == fold].sum())
+        if n_pos < FEW_POSITIVES:
+            logger.warning(
+                "fold %d has only %d malignant image(s): its AUC is very noisy", fold, n_pos
+            )
+
+
+def folds_key(train: pd.DataFrame, n_folds: int, seed: int) -> str:
+    """Identity of a fold assignment: the training images, their labels, folds and seed."""
+    text = "\n".join(sorted(f"{n}\t{p}\t{t}" for n, p, t in zip(
+        train["image_name"], train["patient_id"], train["target"], strict=True
+    )))  # fmt: skip
+    return hashlib.sha256(f"{n_folds}|{seed}|{text}".encode()).hexdigest()
+
+
+def load_or_make_folds(
+    train: pd.DataFrame, n_folds: int, seed: int, path: Path
+) -> tuple[np.ndarray, bool]:
+    """Reuse ``path`` if it was made for the same images, folds and seed; else make and save."""
+    key = folds_key(train, n_folds, seed)
+    if path.is_file():
+        meta = pq.read_schema(path).metadata or {}
+        if json.loads(meta.get(_META_KEY, b"{}")).get("key") == key:
+            saved = pq.read_table(path).to_pandas().set_index("image_name")["fold"]
+            return saved.reindex(train["image_name"]).to_numpy(dtype=np.int8), True
+        logger.info("%s was made for other data or settings; making new folds", path)
+    folds = make_folds(train, n_folds, seed)
+    table = pa.Table.from_pandas(
+        pd.DataFrame({"image_name": train["image_name"].to_numpy(), "patient_id": train["patient_id"].to_numpy(),
+                      "target": train["target"].astype(int).to_numpy(), "fold": folds}),
+        preserve_index=False,
+    )  # fmt: skip
+    meta = {"key": key, "n_folds": n_folds, "seed": seed}
+    table = table.replace_schema_metadata({_META_KEY: json.dumps(meta).encode()})
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    return folds, False

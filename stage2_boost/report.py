@@ -1,0 +1,191 @@
+"""The run report: ROC curves, per-fold AUC, feature importance, AUC by site and age band."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from stage1_embed.atomic import atomic_path, atomic_write_text
+
+from .data import StageData
+from .features import feature_group_of
+
+GROUP_COLOURS = {"metadata": "#1f77b4", "patient": "#ff7f0e", "embedding": "#2ca02c",
+                 "ugly-duckling": "#d62728", "acquisition": "#9467bd"}  # fmt: skip
+AGE_BANDS = [0, 30, 45, 60, 75, 200]
+MIN_GROUP = 20  # subgroups smaller than this, or with one class, get no AUC
+
+
+def write_report(
+    out: Path, metrics: dict[str, Any], oof: pd.DataFrame, importance: pd.DataFrame, data: StageData
+) -> Path:
+    """Write PNG plots and ``report.md`` under ``<out>/report``."""
+    folder = out / "report"
+    folder.mkdir(parents=True, exist_ok=True)
+    models = [*metrics["models"], "blend"]
+    _save(folder / "roc.png", _roc_plot(oof, models, metrics))
+    _save(folder / "fold_auc.png", _fold_plot(metrics))
+    _save(folder / "importance.png", _importance_plot(importance))
+    subgroups = _subgroup_table(oof, data)
+    _save(folder / "auc_by_subgroup.png", _subgroup_plot(subgroups))
+    atomic_write_text(folder / "report.md", _markdown(metrics, subgroups))
+    return folder
+
+
+def _save(path: Path, figure: plt.Figure) -> None:
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+
+
+def _ci(metrics: dict[str, Any], model: str) -> tuple[float, float, float]:
+    entry = metrics if model == "blend" else metrics["models"][model]
+    low, high = entry["oof_auc_ci95"]
+    return entry["oof_auc"], low, high
+
+
+def _roc_plot(oof: pd.DataFrame, models: list[str], metrics: dict[str, Any]) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for model in models:
+        fpr, tpr, _ = roc_curve(oof["target"], oof[model])
+        value, low, high = _ci(metrics, model)
+        ax.plot(
+            fpr,
+            tpr,
+            lw=2.2 if model == "blend" else 1.3,
+            label=f"{model}: {value:.3f} [{low:.3f}, {high:.3f}]",
+        )
+    ax.plot([0, 1], [0, 1], ls=":", c="grey")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate",
+           title=f"Out-of-fold ROC ({metrics['n_train']} images, {metrics['n_pos']} malignant)")  # fmt: skip
+    ax.legend(loc="lower right", title="AUC [95% CI, patient bootstrap]", fontsize=8)
+    return fig
+
+
+def _fold_plot(metrics: dict[str, Any]) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    names = [*metrics["models"], "blend"]
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        values = metrics["fold_aucs"] if name == "blend" else metrics["models"][name]["fold_aucs"]
+        ax.bar(np.arange(len(values)) + i * width, values, width, label=name)
+    ax.set(xlabel="fold", ylabel="AUC", title="AUC per evaluation fold", ylim=(0.4, 1.0))
+    ax.set_xticks(
+        np.arange(len(metrics["fold_aucs"])) + width * (len(names) - 1) / 2,
+        range(len(metrics["fold_aucs"])),
+    )
+    ax.axhline(0.5, c="grey", ls=":")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _importance_plot(importance: pd.DataFrame, top: int = 25) -> plt.Figure:
+    if importance.empty:
+        fig, ax = plt.subplots(figsize=(6, 2))
+        ax.text(0.5, 0.5, "no feature importances (no model split on any feature)", ha="center")
+        return fig
+    shares = importance.assign(
+        share=importance["gain"] / importance.groupby("model")["gain"].transform("sum")
+    )
+    mean = shares.groupby("feature")["share"].mean().sort_values().tail(top)
+    colours = [GROUP_COLOURS[feature_group_of(f)] for f in mean.index]
+    fig, ax = plt.subplots(figsize=(6.5, 0.25 * len(mean) + 1.2))
+    ax.barh(mean.index, mean.to_numpy(), color=colours)
+    for group, colour in GROUP_COLOURS.items():
+        ax.bar(0, 0, color=colour, label=group)
+    ax.set(xlabel="share of total gain (mean over models)", title=f"Top {len(mean)} features")
+    ax.legend(fontsize=8, loc="lower right")
+    return fig
+
+
+def _subgroup_table(oof: pd.DataFrame, data: StageData) -> pd.DataFrame:
+    meta = data.frame.set_index("image_name").loc[oof["image_name"]]
+    site = meta["anatom_site_general_challenge"].astype("string").fillna("(missing)").to_numpy()
+    band = (
+        pd.cut(meta["age_approx"].astype(float), AGE_BANDS, right=False)
+        .astype("string")
+        .fillna("(missing)")
+        .to_numpy()
+    )
+    rows = []
+    for kind, labels in (("site", site), ("age band", band)):
+        for label in sorted(set(labels)):
+            mask = labels == label
+            target, score = oof["target"].to_numpy()[mask], oof["blend"].to_numpy()[mask]
+            ok = mask.sum() >= MIN_GROUP and 0 < target.sum() < mask.sum()
+            rows.append({"kind": kind, "group": label, "n": int(mask.sum()), "n_pos": int(target.sum()),
+                         "auc": roc_auc_score(target, score) if ok else np.nan})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _subgroup_plot(table: pd.DataFrame) -> plt.Figure:
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, kind in zip(axes, ("site", "age band"), strict=True):
+        part = table[table["kind"] == kind]
+        ax.bar(
+            part["group"],
+            part["auc"].fillna(0),
+            color=np.where(part["auc"].isna(), "lightgrey", "#4c72b0"),
+        )
+        for x, (_, row) in enumerate(part.iterrows()):
+            ax.text(
+                x,
+                0.02 if np.isnan(row["auc"]) else row["auc"] + 0.01,
+                f"n={row['n']}\n+{row['n_pos']}",
+                ha="center",
+                fontsize=7,
+            )
+        ax.set(title=f"Blend AUC by {kind} (grey: too few to score)", ylim=(0, 1.1), ylabel="AUC")
+        ax.tick_params(axis="x", rotation=35, labelsize=8)
+        ax.axhline(0.5, c="grey", ls=":")
+    fig.tight_layout()
+    return fig
+
+
+def _markdown(metrics: dict[str, Any], subgroups: pd.DataFrame) -> str:
+    lines = [
+        f"# Stage 2 report — run {metrics['run_id']}", "",
+        f"Dataset **{metrics['dataset']}**: {metrics['n_train']} training images, {metrics['n_pos']} malignant, "
+        f"{metrics['n_patients']} patients; {metrics['n_test']} test images.", "",
+        f"**OOF AUC (blend): {metrics['oof_auc']:.4f}** (95% CI {metrics['oof_auc_ci95'][0]:.4f}–"
+        f"{metrics['oof_auc_ci95'][1]:.4f}, patient bootstrap), measured on folds with seed "
+        f"{metrics['folds']['eval_seed']} that tuning never saw. Best tuning CV AUC: {metrics['tuning_auc']}.", "",
+        "| model | OOF AUC | 95% CI | tuning AUC | trials in study | study |", "| --- | --- | --- | --- | --- | --- |",
+    ]  # fmt: skip
+    for name, m in metrics["models"].items():
+        tuning = f"{m['tuning_auc']:.4f}" if m["tuning_auc"] is not None else "untuned"
+        lines.append(f"| {name} | {m['oof_auc']:.4f} | {m['oof_auc_ci95'][0]:.4f}–{m['oof_auc_ci95'][1]:.4f} | "
+                     f"{tuning} | {m['n_trials_in_study']} | `{m['study']}` |")  # fmt: skip
+    if "oof_auc_without_acquisition" in metrics:
+        lines += [
+            "",
+            f"Without acquisition features (same parameters): OOF AUC {metrics['oof_auc_without_acquisition']:.4f}.",
+        ]
+    lines += ["", "![ROC](roc.png)", "", "![AUC per fold](fold_auc.png)", "", "![Feature importance](importance.png)", "",
+              "![AUC by subgroup](auc_by_subgroup.png)", "", "## AUC by subgroup", "",
+              subgroups.to_markdown(index=False, floatfmt=".3f") if _has_tabulate() else subgroups.to_string(index=False), "",
+              "## Provenance", "", f"Feature groups: {', '.join(metrics['feature_groups'])}; {metrics['n_features']} features.", ""]  # fmt: skip
+    for slug, p in metrics["backbone_provenance"].items():
+        weights = p.get("weights") or {}
+        lines.append(f"- `{slug}`: {p.get('architecture')}, pretrained={p.get('pretrained')}, weights from "
+                     f"{weights.get('source')} (sha256 {str(weights.get('sha256'))[:12]}…), input "
+                     f"{(p.get('preprocessing') or {}).get('input_size')}, TTA {p.get('tta_views')}")  # fmt: skip
+    lines += ["", "Config:", "", "```json", json.dumps(metrics["config"], indent=2), "```", ""]
+    return "\n".join(lines)
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+    except ImportError:
+        return False
+    return True

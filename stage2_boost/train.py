@@ -1,0 +1,296 @@
+"""Stage 2 end to end: features -> tuned LightGBM/XGBoost -> honest OOF AUC -> outputs."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from filelock import FileLock, Timeout
+
+from .boosters import create_booster
+from .config import Stage2Config
+from .cv import CVResult, FoldMatrices, cross_validate, oof_rows, prepare_folds
+from .data import StageData, load_stage_data
+from .errors import ConfigError, OutputError
+from .features import DEFAULT_GROUPS, IMAGE_GROUPS, create_feature_groups
+from .folds import load_or_make_folds
+from .metrics import auc, bootstrap_auc_ci, rank_blend
+from .outputs import RUNS_FILE, append_run, write_metrics, write_parquet, write_submission
+from .tune import (
+    best_params,
+    make_objective,
+    mask_url,
+    open_storage,
+    open_study,
+    run_study,
+    study_name,
+)
+
+logger = logging.getLogger(__name__)
+EVAL_SEED_OFFSET = 1000  # oof_auc is measured on folds the tuning never saw
+
+
+@dataclass
+class ModelResult:
+    name: str
+    study: str
+    params: dict[str, Any]
+    tuning_auc: float | None
+    n_trials: int
+    cv: CVResult
+    oof_auc: float = float("nan")
+    ci95: tuple[float, float] = (float("nan"), float("nan"))
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    metrics: dict[str, Any]
+    out_dir: Path
+    models: list[ModelResult] = field(default_factory=list)
+
+
+def run_training(config: Stage2Config) -> RunResult:
+    """Train under a lock on the stage 2 folder, so two runs never interleave their outputs."""
+    out = config.stage2_dir
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"Cannot create {out}: {err.strerror}. Choose another --out.") from err
+    lock = FileLock(str(out / ".stage2.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout as err:
+        raise OutputError(
+            f"Another stage 2 run is writing to {out}. Wait for it, or use another --out; several "
+            "workers can share one study through --storage with a database URL."
+        ) from err
+    try:
+        return _train_locked(config, out)
+    finally:
+        lock.release()
+
+
+def resolve_groups(config: Stage2Config, data: StageData) -> tuple[str, ...]:
+    """The feature groups this run uses; image groups need embeddings."""
+    if config.feature_groups is None:
+        groups = (
+            DEFAULT_GROUPS
+            if data.embeddings
+            else tuple(g for g in DEFAULT_GROUPS if g not in IMAGE_GROUPS)
+        )
+        return groups
+    if set(config.feature_groups) & IMAGE_GROUPS and not data.embeddings:
+        raise ConfigError(
+            "Feature groups embedding/ugly-duckling need embeddings, but none were found in "
+            f"{config.features_dir}/embeddings. Run stage 1 with backbones, or drop those groups."
+        )
+    return config.feature_groups
+
+
+def _train_locked(config: Stage2Config, out: Path) -> RunResult:
+    started = time.perf_counter()
+    run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    data = load_stage_data(
+        config.features_dir, list(config.backbones) if config.backbones else None
+    )
+    groups = resolve_groups(config, data)
+    backbones = sorted(data.embeddings)
+    train_rows, test_rows = data.split_index("train"), data.split_index("test")
+    train = data.frame.iloc[train_rows]
+    folds, _ = load_or_make_folds(train, config.n_folds, config.seed, out / "folds.parquet")
+    eval_seed = config.seed + EVAL_SEED_OFFSET
+    eval_folds, _ = load_or_make_folds(train, config.n_folds, eval_seed, out / "folds_eval.parquet")
+    logger.info("%d train images (%d malignant, %d patients), %d test; features %s; backbones %s",
+                len(train), int(train["target"].sum()), train["patient_id"].nunique(), len(test_rows),
+                ",".join(groups), ",".join(backbones) or "none")  # fmt: skip
+
+    def make_groups(names: tuple[str, ...] = groups) -> list:
+        return create_feature_groups(
+            names, backbones, config.reduction, config.n_components, config.seed
+        )
+
+    tuning = prepare_folds(data, train_rows, folds, make_groups, config.seed)
+    evaluation = prepare_folds(data, train_rows, eval_folds, make_groups, eval_seed, test_rows)
+    feature_set = _feature_set(config, groups, backbones, evaluation[0].X_fit.columns)
+    storage = open_storage(config.storage_url)
+    models = [
+        _tune_and_evaluate(name, config, data, tuning, evaluation, storage, feature_set)
+        for name in config.models
+    ]
+    metrics = _metrics(config, data, models, evaluation, feature_set, run_id)
+    if "acquisition" in groups:
+        metrics["oof_auc_without_acquisition"] = _auc_without_acquisition(
+            config, data, models, train_rows, eval_folds, eval_seed, groups, make_groups
+        )
+    metrics["seconds"] = round(time.perf_counter() - started, 1)
+    _write_outputs(out, data, models, evaluation, metrics, config)
+    return RunResult(run_id, metrics, out, models)
+
+
+def _feature_set(
+    config: Stage2Config, groups: tuple[str, ...], backbones: list[str], columns: Any
+) -> dict[str, Any]:
+    return {"groups": list(groups), "backbones": backbones, "reduction": config.reduction,
+            "n_components": config.n_components, "n_features": len(columns),
+            "folds": config.n_folds, "seed": config.seed}  # fmt: skip
+
+
+def _feature_key(feature_set: dict[str, Any]) -> str:
+    images = f"{','.join(feature_set['backbones'])}.{feature_set['reduction']}{feature_set['n_components']}"
+    groups = "+".join(feature_set["groups"])
+    has_images = bool(IMAGE_GROUPS & set(feature_set["groups"]))
+    return f"{groups}{'.' + images if has_images else ''}.f{feature_set['folds']}s{feature_set['seed']}"
+
+
+def _tune_and_evaluate(
+    name: str,
+    config: Stage2Config,
+    data: StageData,
+    tuning: list[FoldMatrices],
+    evaluation: list[FoldMatrices],
+    storage: Any,
+    feature_set: dict[str, Any],
+) -> ModelResult:
+    adapter = create_booster(
+        name, seed=config.seed, max_rounds=config.max_rounds, early_stopping=config.early_stopping
+    )
+    study = open_study(
+        storage, study_name(data.dataset, name, _feature_key(feature_set)), config.seed
+    )
+    run_study(study, make_objective(adapter, tuning, feature_set), config.n_trials, config.timeout)
+    params, tuning_auc = best_params(study, adapter)
+    result = cross_validate(adapter, evaluation, params)
+    return ModelResult(name, study.study_name, params, tuning_auc, len(study.trials), result)
+
+
+def _metrics(
+    config: Stage2Config, data: StageData, models: list[ModelResult], evaluation: list[FoldMatrices],
+    feature_set: dict[str, Any], run_id: str,
+) -> dict[str, Any]:  # fmt: skip
+    rows = oof_rows(evaluation)
+    target = data.frame["target"].to_numpy(dtype=np.int64, na_value=-1)[rows]
+    patients = data.frame["patient_id"].to_numpy()[rows]
+    folds = np.concatenate([np.full(len(f.valid_rows), f.fold) for f in evaluation])
+    per_model = {}
+    for model in models:
+        model.oof_auc = auc(target, model.cv.oof)
+        model.ci95 = bootstrap_auc_ci(
+            target, model.cv.oof, patients, config.n_bootstrap, config.seed
+        )
+        per_model[model.name] = {
+            "oof_auc": model.oof_auc, "oof_auc_ci95": list(model.ci95), "tuning_auc": model.tuning_auc,
+            "fold_aucs": model.cv.fold_aucs, "best_iterations": model.cv.best_iterations,
+            "params": model.params, "study": model.study, "n_trials_in_study": model.n_trials,
+        }  # fmt: skip
+    blend = rank_blend(*[m.cv.oof for m in models])
+    fold_aucs = [auc(target[folds == k], blend[folds == k]) for k in range(len(evaluation))]
+    tuning_values = [m.tuning_auc for m in models if m.tuning_auc is not None]
+    return {
+        "run_id": run_id,
+        "oof_auc": auc(target, blend),
+        "oof_auc_ci95": list(
+            bootstrap_auc_ci(target, blend, patients, config.n_bootstrap, config.seed)
+        ),
+        "tuning_auc": max(tuning_values) if tuning_values else None,
+        "fold_aucs": fold_aucs,
+        "models": per_model,
+        "n_train": len(target),
+        "n_pos": int(target.sum()),
+        "n_patients": len(np.unique(patients)),
+        "n_test": len(evaluation[0].X_test) if evaluation[0].X_test is not None else 0,
+        "feature_groups": feature_set["groups"],
+        "backbones": feature_set["backbones"],
+        "backbone_provenance": {
+            s: _short_provenance(p) for s, p in data.embedding_provenance.items()
+        },
+        "n_features": feature_set["n_features"],
+        "dataset": data.dataset,
+        "folds": {
+            "n_folds": config.n_folds,
+            "tuning_seed": config.seed,
+            "eval_seed": config.seed + EVAL_SEED_OFFSET,
+        },
+        "trials_this_run": config.n_trials,
+        "storage": mask_url(config.storage_url),
+        "config": config.to_json(),
+    }
+
+
+def _short_provenance(p: dict[str, Any]) -> dict[str, Any]:
+    keys = (
+        "backbone_spec",
+        "architecture",
+        "pretrained",
+        "weights",
+        "preprocessing",
+        "tta_views",
+        "settings_hash",
+    )
+    return {k: p.get(k) for k in keys}
+
+
+def _auc_without_acquisition(
+    config: Stage2Config, data: StageData, models: list[ModelResult], train_rows: np.ndarray,
+    eval_folds: np.ndarray, eval_seed: int, groups: tuple[str, ...], make_groups: Any,
+) -> float:  # fmt: skip
+    """Same parameters, acquisition features removed: how much of the AUC is the clinic?"""
+    reduced = tuple(g for g in groups if g != "acquisition")
+    folds = prepare_folds(data, train_rows, eval_folds, lambda: make_groups(reduced), eval_seed)
+    preds = []
+    for model in models:
+        adapter = create_booster(model.name, seed=config.seed, max_rounds=config.max_rounds,
+                                 early_stopping=config.early_stopping)  # fmt: skip
+        preds.append(cross_validate(adapter, folds, model.params).oof)
+    target = data.frame["target"].to_numpy(dtype=np.int64, na_value=-1)[oof_rows(folds)]
+    return auc(target, rank_blend(*preds))
+
+
+def _write_outputs(
+    out: Path, data: StageData, models: list[ModelResult], evaluation: list[FoldMatrices],
+    metrics: dict[str, Any], config: Stage2Config,
+) -> None:  # fmt: skip
+    rows = oof_rows(evaluation)
+    frame = data.frame
+    oof = pd.DataFrame({
+        "image_name": frame["image_name"].to_numpy()[rows],
+        "patient_id": frame["patient_id"].to_numpy()[rows],
+        "fold": np.concatenate([np.full(len(f.valid_rows), f.fold) for f in evaluation]),
+        "target": frame["target"].to_numpy(dtype=np.int64, na_value=-1)[rows],
+        **{m.name: m.cv.oof for m in models},
+        "blend": rank_blend(*[m.cv.oof for m in models]),
+    })  # fmt: skip
+    write_parquet(oof, out / "oof.parquet")
+    if models[0].cv.test_pred is not None:
+        test_rows = data.split_index("test")
+        tests = {m.name: m.cv.test_pred for m in models}
+        test_pred = pd.DataFrame({"image_name": frame["image_name"].to_numpy()[test_rows], **tests,
+                                  "blend": rank_blend(*tests.values())})  # fmt: skip
+        write_parquet(test_pred, out / "test_pred.parquet")
+        write_submission(test_pred, out / "submission.csv")
+    importance = pd.DataFrame([
+        {"model": m.name, "feature": k, "gain": v} for m in models for k, v in m.cv.importance.items()
+    ])  # fmt: skip
+    write_parquet(importance, out / "importance.parquet")
+    write_metrics(metrics, out / "metrics.json")
+    append_run(_run_row(metrics), out / RUNS_FILE)
+    if config.report:
+        from .report import write_report
+
+        write_report(out, metrics, oof, importance, data)
+
+
+def _run_row(metrics: dict[str, Any]) -> dict[str, Any]:
+    low, high = metrics["oof_auc_ci95"]
+    return {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "run_id": metrics["run_id"],
+            "feature_groups": "+".join(metrics["feature_groups"]), "backbones": ",".join(metrics["backbones"]) or "-",
+            "trials": metrics["trials_this_run"], "oof_auc": round(metrics["oof_auc"], 4),
+            "ci_low": round(low, 4), "ci_high": round(high, 4),
+            "tuning_auc": round(metrics["tuning_auc"], 4) if metrics["tuning_auc"] is not None else None,
+            "n_train": metrics["n_train"], "n_pos": metrics["n_pos"], "seconds": metrics["seconds"]}  # fmt: skip
