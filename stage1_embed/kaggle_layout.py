@@ -85,23 +85,26 @@ def write_tfrecord_shards(
 ) -> list[Path]:
     """Kaggle-style shards ``<split>NN-<count>.tfrec`` with integer-coded metadata."""
     folder.mkdir(parents=True, exist_ok=True)
+    patient_codes = {pid: i for i, pid in enumerate(sorted({str(r["patient_id"]) for r in rows}))}
     paths = []
     for shard, start in enumerate(range(0, len(rows), per_shard)):
         chunk = rows[start : start + per_shard]
         path = folder / f"{split}{shard:02d}-{len(chunk)}.tfrec"
         writer = TFRecordWriter(str(path))
         for row in chunk:
-            writer.write(_tf_features(row, jpegs[str(row["image_name"])], split))
+            code = patient_codes[str(row["patient_id"])]
+            writer.write(_tf_features(row, jpegs[str(row["image_name"])], split, code))
         writer.close()
         paths.append(path)
     return paths
 
 
-def _tf_features(row: Mapping, jpeg: bytes, split: str) -> dict:
+def _tf_features(row: Mapping, jpeg: bytes, split: str, patient_code: int) -> dict:
+    """Kaggle-style features: integer codes for the categorical fields (-1 when missing)."""
     features = {
         "image": (jpeg, "byte"),
         "image_name": (str(row["image_name"]).encode(), "byte"),
-        "patient_id": (int(str(row["patient_id"]).split("_")[-1]), "int"),
+        "patient_id": (patient_code, "int"),
         "sex": (SEX_CODES.get(row.get("sex"), -1), "int"),  # type: ignore[arg-type]
         "age_approx": (int(row["age_approx"]) if pd.notna(row.get("age_approx")) else -1, "int"),
         "anatom_site_general_challenge": (

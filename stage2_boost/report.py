@@ -172,7 +172,7 @@ def _markdown(metrics: dict[str, Any], subgroups: pd.DataFrame) -> str:
         ]
     lines += ["", "![ROC](roc.png)", "", "![AUC per fold](fold_auc.png)", "", "![Feature importance](importance.png)", "",
               "![AUC by subgroup](auc_by_subgroup.png)", "", "## AUC by subgroup", "",
-              subgroups.to_markdown(index=False, floatfmt=".3f") if _has_tabulate() else subgroups.to_string(index=False), "",
+              subgroups.to_markdown(index=False, floatfmt=".3f"), "",
               "## Provenance", "", f"Feature groups: {', '.join(metrics['feature_groups'])}; {metrics['n_features']} features.", ""]  # fmt: skip
     for slug, p in metrics["backbone_provenance"].items():
         weights = p.get("weights") or {}
@@ -181,11 +181,3 @@ def _markdown(metrics: dict[str, Any], subgroups: pd.DataFrame) -> str:
                      f"{(p.get('preprocessing') or {}).get('input_size')}, TTA {p.get('tta_views')}")  # fmt: skip
     lines += ["", "Config:", "", "```json", json.dumps(metrics["config"], indent=2), "```", ""]
     return "\n".join(lines)
-
-
-def _has_tabulate() -> bool:
-    try:
-        import tabulate  # noqa: F401
-    except ImportError:
-        return False
-    return True

@@ -1,0 +1,99 @@
+"""Shared fixtures: tiny generated datasets, the ../shared data (skipped when absent), offline hub."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("MELANOMA_SHARED_DIR", REPO.parent / "shared"))
+ISIC = SHARED / "data" / "isic2020"
+HAM = SHARED / "data" / "ham10000_half"
+WEIGHTS = SHARED / "weights"
+
+
+def require(path: Path) -> Path:
+    """Skip the test, with the reason, when a ../shared resource is absent."""
+    if not path.exists():
+        pytest.skip(f"needs {path} (the shared data/weights folder beside the repository)")
+    return path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Converted weights go to a per-session cache, never the user's."""
+    os.environ["MELANOMA_STACK_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture
+def shared_weights() -> Path:
+    return require(WEIGHTS)
+
+
+def tiny_table(n_patients: int = 4, per_patient: int = 3, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p in range(n_patients):
+        for _ in range(per_patient):
+            rows.append({
+                "image_name": f"IMG_{len(rows):04d}", "patient_id": f"P_{p:03d}",
+                "sex": ["male", "female"][p % 2], "age_approx": float(30 + 5 * p),
+                "anatom_site_general_challenge": ["torso", "head/neck", "lower extremity"][len(rows) % 3],
+                "target": int(len(rows) % 4 == 0),
+            })  # fmt: skip
+    table = pd.DataFrame(rows)
+    table["diagnosis"] = np.where(table["target"] == 1, "melanoma", "nevus")
+    return table
+
+
+def tiny_pixels(n: int, size: int = 48, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        yy, xx = np.mgrid[0:size, 0:size]
+        base = rng.integers(40, 200, 3)
+        img = np.clip(
+            base + 40 * np.sin(xx / (3 + i % 5))[..., None] + rng.normal(0, 8, (size, size, 3)),
+            0,
+            255,
+        )
+        out.append(img.astype(np.uint8))
+    return out
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path: Path) -> Path:
+    """A 12-image train / 3-image test dataset holding the same JPEG bytes in all three formats."""
+    from stage1_embed.kaggle_layout import encode_jpeg, write_kaggle_dataset
+
+    table = tiny_table()
+    test = tiny_table(1, 3, seed=1).assign(
+        image_name=lambda t: "TEST_" + t["image_name"], patient_id="P_T01"
+    )
+    pixels = tiny_pixels(len(table) + len(test))
+    names = [*table["image_name"], *test["image_name"]]
+    jpegs = {name: encode_jpeg(p) for name, p in zip(names, pixels, strict=True)}
+    tables = {"train": table, "test": test.drop(columns=["target", "diagnosis"])}
+    write_kaggle_dataset(tmp_path / "data", tables, jpegs)
+    return tmp_path / "data"
+
+
+@pytest.fixture(scope="session")
+def isic_layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Kaggle-layout folder of the real shared 512x512 JPEGs (symlinks) and their CSV rows."""
+    require(ISIC / "jpeg" / "train_512")
+    root = tmp_path_factory.mktemp("isic")
+    (root / "jpeg" / "train").mkdir(parents=True)
+    names = []
+    for path in sorted((ISIC / "jpeg" / "train_512").glob("*.jpg")):
+        (root / "jpeg" / "train" / path.name).symlink_to(path)
+        names.append(path.stem)
+    train = pd.read_csv(ISIC / "csv" / "train.csv")
+    train[train["image_name"].isin(names)].to_csv(root / "train.csv", index=False)
+    return root

@@ -1,0 +1,78 @@
+"""Decoding: every odd-but-valid image is handled, every broken one is a clear ImageReadError."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from stage1_embed.decode import decode_image_bytes
+from stage1_embed.errors import ImageReadError
+from stage1_embed.kaggle_layout import encode_jpeg
+from tests.conftest import tiny_pixels
+
+
+def encoded(image: Image.Image, fmt: str, **kwargs: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("mode", "fmt"),
+    [
+        ("L", "PNG"),
+        ("L", "JPEG"),
+        ("CMYK", "JPEG"),
+        ("RGBA", "PNG"),
+        ("P", "PNG"),
+        ("I;16", "PNG"),
+        ("LA", "PNG"),
+    ],
+)
+def test_any_mode_decodes_to_rgb_uint8(mode: str, fmt: str) -> None:
+    base = Image.fromarray(tiny_pixels(1)[0])
+    if mode == "I;16":
+        source = Image.fromarray(np.asarray(base.convert("L"), dtype=np.uint16) * 257)
+    else:
+        source = base.convert(mode)
+    decoded = decode_image_bytes(encoded(source, fmt))
+    array = np.asarray(decoded.image)
+    assert decoded.image.mode == "RGB" and array.dtype == np.uint8 and array.shape == (48, 48, 3)
+
+
+def test_16_bit_keeps_its_intensities() -> None:
+    ramp = (np.linspace(0, 65535, 64 * 64).reshape(64, 64)).astype(np.uint16)
+    array = np.asarray(decode_image_bytes(encoded(Image.fromarray(ramp), "PNG")).image)
+    assert array[0, 0, 0] == 0 and array[-1, -1, 0] == 255
+
+
+def test_zero_byte_file() -> None:
+    with pytest.raises(ImageReadError, match="empty"):
+        decode_image_bytes(b"")
+
+
+def test_truncated_jpeg() -> None:
+    data = encode_jpeg(tiny_pixels(1, size=128)[0])
+    with pytest.raises(ImageReadError, match="truncated or corrupt"):
+        decode_image_bytes(data[: len(data) // 2])
+
+
+def test_text_file_named_jpg() -> None:
+    with pytest.raises(ImageReadError, match="not an image"):
+        decode_image_bytes(b"image_name,target\nISIC_1,0\n")
+
+
+def test_decompression_bomb_guard_refuses_before_decoding() -> None:
+    big = encoded(Image.new("RGB", (4000, 3000)), "JPEG")
+    with pytest.raises(ImageReadError, match="12,000,000 pixels, above the limit of 1,000,000"):
+        decode_image_bytes(big, max_pixels=1_000_000)
+
+
+def test_draft_mode_decodes_large_jpeg_at_reduced_size() -> None:
+    big = encoded(Image.new("RGB", (4000, 3000), (120, 80, 60)), "JPEG")
+    decoded = decode_image_bytes(big, min_side=256)
+    assert (decoded.original_width, decoded.original_height) == (4000, 3000)
+    assert 256 <= min(decoded.image.size) < 750  # 1/8 scale: 500x375
