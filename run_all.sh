@@ -59,15 +59,13 @@ START=$(date +%s)
 
 STAGE1_EXTRA=() STAGE2_EXTRA=()
 if [ "$SMOKE" = 1 ]; then
-  DATA="${DATA:-data/demo-smoke}"
   BACKBONES="${BACKBONES:-tf_efficientnet_lite0}"
   TRIALS=2
   STAGE2_EXTRA+=(--folds 3 --bootstrap 200 --max-rounds 300 --early-stopping 30)
-  if [ ! -f "$DATA/train.csv" ]; then python -m stage1_embed.demo --out "$DATA" --patients 20; fi
 fi
-if [ -z "$DATA" ]; then
-  DATA=data/demo
-  if [ ! -f "$DATA/train.csv" ]; then python -m stage1_embed.demo --out "$DATA"; fi
+if [ -z "$DATA" ]; then  # the generated demo (a smaller one for --smoke)
+  if [ "$SMOKE" = 1 ]; then DATA=data/demo-smoke DEMO_ARGS=(--patients 30); else DATA=data/demo DEMO_ARGS=(); fi
+  if [ ! -f "$DATA/train.csv" ]; then python -m stage1_embed.demo --out "$DATA" "${DEMO_ARGS[@]}"; fi
 fi
 [ -d "$DATA" ] || die "--data $DATA is not a folder"
 OUT="${OUT:-data/out/$(basename "$(cd "$DATA" && pwd)")}"

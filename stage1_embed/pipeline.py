@@ -59,12 +59,12 @@ def run_stage1(config: Stage1Config) -> Stage1Summary:
 
 
 def _run_locked(config: Stage1Config, out: Path) -> Stage1Summary:
+    specs = [parse_backbone_spec(text) for text in config.backbones]  # bad specs fail first
     table = load_metadata(config.train_csv_path, config.test_csv_path)
-    if not config.backbones:
+    if not specs:
         scan = metadata_only_manifest(table)
         _write_manifest(scan, config, "metadata-only", [])
         return Stage1Summary(out, len(table), None)
-    specs = [parse_backbone_spec(text) for text in config.backbones]
     source = create_source(
         config.data_dir, config.images_dir, config.image_format, config.max_pixels
     )

@@ -26,8 +26,12 @@ class BoosterAdapter(ABC):
 
     name: str
 
-    def __init__(self, seed: int = 0, max_rounds: int = 2000, early_stopping: int = 100) -> None:
+    def __init__(
+        self, seed: int = 0, max_rounds: int = 2000, early_stopping: int = 100, n_rows: int = 30_000
+    ) -> None:
         self.seed, self.max_rounds, self.early_stopping = seed, max_rounds, early_stopping
+        # Leaf-size bounds scale with the data: 200-row leaves cannot exist in a 300-row demo.
+        self.max_leaf_rows = int(np.clip(n_rows // 10, 5, 200))
 
     @abstractmethod
     def suggest_params(self, trial: Any) -> dict[str, Any]:
@@ -68,7 +72,7 @@ class LightGBMAdapter(BoosterAdapter):
         return {
             "learning_rate": trial.suggest_float("learning_rate", 0.01, 0.2, log=True),
             "num_leaves": trial.suggest_int("num_leaves", 4, 64, log=True),
-            "min_child_samples": trial.suggest_int("min_child_samples", 5, 200, log=True),
+            "min_child_samples": trial.suggest_int("min_child_samples", 2, self.max_leaf_rows, log=True),
             "feature_fraction": trial.suggest_float("feature_fraction", 0.2, 1.0),
             "bagging_fraction": trial.suggest_float("bagging_fraction", 0.5, 1.0),
             "lambda_l2": trial.suggest_float("lambda_l2", 1e-3, 10.0, log=True),
@@ -76,7 +80,7 @@ class LightGBMAdapter(BoosterAdapter):
         }
 
     def default_params(self) -> dict[str, Any]:
-        return {"learning_rate": 0.05, "num_leaves": 15, "min_child_samples": 20, "feature_fraction": 0.8,
+        return {"learning_rate": 0.05, "num_leaves": 15, "min_child_samples": min(20, self.max_leaf_rows), "feature_fraction": 0.8,
                 "bagging_fraction": 0.8, "lambda_l2": 1.0, "scale_pos_weight": 1.0}  # fmt: skip
 
     def prepare(
@@ -123,7 +127,7 @@ class XGBoostAdapter(BoosterAdapter):
         return {
             "eta": trial.suggest_float("eta", 0.01, 0.2, log=True),
             "max_depth": trial.suggest_int("max_depth", 2, 8),
-            "min_child_weight": trial.suggest_float("min_child_weight", 0.5, 50.0, log=True),
+            "min_child_weight": trial.suggest_float("min_child_weight", 0.01, self.max_leaf_rows / 20, log=True),
             "subsample": trial.suggest_float("subsample", 0.5, 1.0),
             "colsample_bytree": trial.suggest_float("colsample_bytree", 0.2, 1.0),
             "lambda": trial.suggest_float("lambda", 1e-3, 10.0, log=True),
@@ -131,7 +135,7 @@ class XGBoostAdapter(BoosterAdapter):
         }
 
     def default_params(self) -> dict[str, Any]:
-        return {"eta": 0.05, "max_depth": 4, "min_child_weight": 1.0, "subsample": 0.8,
+        return {"eta": 0.05, "max_depth": 4, "min_child_weight": 0.5, "subsample": 0.8,
                 "colsample_bytree": 0.8, "lambda": 1.0, "scale_pos_weight": 1.0}  # fmt: skip
 
     def prepare(

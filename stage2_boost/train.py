@@ -158,9 +158,8 @@ def _tune_and_evaluate(
     storage: Any,
     feature_set: dict[str, Any],
 ) -> ModelResult:
-    adapter = create_booster(
-        name, seed=config.seed, max_rounds=config.max_rounds, early_stopping=config.early_stopping
-    )
+    adapter = create_booster(name, seed=config.seed, max_rounds=config.max_rounds,
+                             early_stopping=config.early_stopping, n_rows=len(tuning[0].fit_rows))  # fmt: skip
     study = open_study(
         storage, study_name(data.dataset, name, _feature_key(feature_set)), config.seed
     )
@@ -246,7 +245,7 @@ def _auc_without_acquisition(
     preds = []
     for model in models:
         adapter = create_booster(model.name, seed=config.seed, max_rounds=config.max_rounds,
-                                 early_stopping=config.early_stopping)  # fmt: skip
+                                 early_stopping=config.early_stopping, n_rows=len(folds[0].fit_rows))  # fmt: skip
         preds.append(cross_validate(adapter, folds, model.params).oof)
     target = data.frame["target"].to_numpy(dtype=np.int64, na_value=-1)[oof_rows(folds)]
     return auc(target, rank_blend(*preds))

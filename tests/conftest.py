@@ -37,7 +37,6 @@ def shared_weights() -> Path:
 
 
 def tiny_table(n_patients: int = 4, per_patient: int = 3, seed: int = 0) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
     rows = []
     for p in range(n_patients):
         for _ in range(per_patient):
@@ -56,7 +55,7 @@ def tiny_pixels(n: int, size: int = 48, seed: int = 0) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):
-        yy, xx = np.mgrid[0:size, 0:size]
+        xx = np.mgrid[0:size, 0:size][1]
         base = rng.integers(40, 200, 3)
         img = np.clip(
             base + 40 * np.sin(xx / (3 + i % 5))[..., None] + rng.normal(0, 8, (size, size, 3)),

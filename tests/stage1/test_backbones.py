@@ -46,7 +46,7 @@ def test_explicit_file_spec() -> None:
 
 
 def test_hf_hub_spec_offline_fails_clearly() -> None:
-    with pytest.raises(WeightsError, match="Cannot build backbone 'hf-hub:timm/resnet18.a1_in1k'"):
+    with pytest.raises(WeightsError, match=r"Cannot build backbone 'hf-hub:timm/resnet18.a1_in1k'"):
         create_backbone(parse_backbone_spec("hf-hub:timm/resnet18.a1_in1k"))
 
 

@@ -51,7 +51,7 @@ def test_missing_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("text", ["", HEADER], ids=["no-bytes", "header-only"])
 def test_empty_csv(tmp_path: Path, text: str) -> None:
-    with pytest.raises(DataError, match="empty|no rows"):
+    with pytest.raises(DataError, match=r"empty|no rows"):
         read_split_csv(write(tmp_path, text), "train")
 
 

@@ -134,7 +134,7 @@ def test_metadata_only_manifest_needs_no_images(tmp_path: Path, tiny_dataset: Pa
     for folder in ("jpeg", "train", "test", "tfrecords"):
         subprocess.run(["rm", "-rf", str(tiny_dataset / folder)], check=True)
     run_stage1(Stage1Config(data_dir=tiny_dataset, out_dir=tmp_path / "meta", backbones=()))
-    manifest, meta = read_manifest(tmp_path / "meta")
+    manifest, _ = read_manifest(tmp_path / "meta")
     assert set(manifest["read_status"]) == {"not_read"} and len(manifest) == 15
 
 
@@ -171,7 +171,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
     )
-    done = [line for line in resumed.stdout.splitlines() if line.startswith(SLUG)][0]
+    done = next(line for line in resumed.stdout.splitlines() if line.startswith(SLUG))
     n_total = len(embeddings(tmp_path / "clean"))
     assert int(done.split()[1]) < n_total  # only the unfinished chunks were embedded again
     a, b = embeddings(tmp_path / "clean"), embeddings(tmp_path / "killed")

@@ -67,7 +67,7 @@ def test_images_folder_given_separately(tiny_dataset: Path, tmp_path: Path) -> N
 
 
 def test_no_images_found_says_where_it_looked(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="No images found.*--backbones none"):
+    with pytest.raises(DataError, match=r"No images found.*--backbones none"):
         create_source(tmp_path)
 
 
@@ -77,7 +77,7 @@ def test_missing_images_are_listed_or_skipped_on_request(tiny_dataset: Path) -> 
     source = create_source(tiny_dataset, image_format="jpeg")
     with pytest.raises(
         DataError,
-        match="1 image\\(s\\) listed in the CSV are missing.*train/IMG_0003.*--skip-missing",
+        match=r"1 image\(s\) listed in the CSV are missing.*train/IMG_0003.*--skip-missing",
     ):
         scan_dataset(table, source)
     scan = scan_dataset(table, source, skip_missing=True)
@@ -143,7 +143,7 @@ def test_dicom_unsupported_transfer_syntax(tiny_dataset: Path) -> None:
     ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"  # MPEG2: no decoder installed
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
-    with pytest.raises(ImageReadError, match="transfer syntax 1.2.840.10008.1.2.4.100"):
+    with pytest.raises(ImageReadError, match=r"transfer syntax 1\.2\.840\.10008\.1\.2\.4\.100"):
         create_source(tiny_dataset, image_format="dicom").decode(buffer.getvalue())
 
 

@@ -1,0 +1,125 @@
+"""Fold properties, leakage, and every feature group on tiny data."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from stage2_boost.cv import prepare_folds
+from stage2_boost.data import load_stage_data
+from stage2_boost.errors import TrainingError
+from stage2_boost.features import GROUPS, create_feature_groups, feature_group_of
+from stage2_boost.features.ugly_duckling import patient_outlier_stats
+from stage2_boost.folds import load_or_make_folds, make_folds
+from tests.stage2.helpers import make_embeddings, synthetic_manifest, write_stage1
+
+
+@pytest.fixture
+def data(tmp_path: Path):
+    manifest = synthetic_manifest()
+    write_stage1(tmp_path, manifest, {"bb": make_embeddings(manifest)})
+    return load_stage_data(tmp_path, None)
+
+
+def train_part(data) -> pd.DataFrame:
+    return data.frame.iloc[data.split_index("train")]
+
+
+def test_folds_are_patient_grouped_and_deterministic(data) -> None:
+    train = train_part(data)
+    folds = make_folds(train, 5, seed=3)
+    per_patient = pd.Series(folds).groupby(train["patient_id"].to_numpy()).nunique()
+    assert (per_patient == 1).all() and set(folds) == set(range(5))
+    assert np.array_equal(folds, make_folds(train, 5, seed=3))
+    assert not np.array_equal(folds, make_folds(train, 5, seed=4))
+    positives = pd.Series(train["target"].to_numpy(int)).groupby(folds).sum()
+    assert positives.min() >= 1
+
+
+def test_folds_are_saved_and_reused(data, tmp_path: Path) -> None:
+    train = train_part(data)
+    first, reused = load_or_make_folds(train, 5, 7, tmp_path / "folds.parquet")
+    again, reused_again = load_or_make_folds(train, 5, 7, tmp_path / "folds.parquet")
+    assert not reused and reused_again and np.array_equal(first, again)
+    _, reused_other_seed = load_or_make_folds(train, 5, 8, tmp_path / "folds.parquet")
+    assert not reused_other_seed
+
+
+def test_single_class_and_too_few_positives_are_refused(data) -> None:
+    train = train_part(data).copy()
+    with pytest.raises(TrainingError, match="single class"):
+        make_folds(train.assign(target=0), 5, 0)
+    few = train.assign(target=0)
+    few.iloc[:3, few.columns.get_loc("target")] = 1
+    with pytest.raises(TrainingError, match="3 malignant image\\(s\\), fewer than the 5 folds"):
+        make_folds(few, 5, 0)
+
+
+def test_warns_when_a_fold_has_few_positives(data, caplog: pytest.LogCaptureFixture) -> None:
+    train = train_part(data).assign(target=0)
+    train.iloc[[0, 10, 20, 30, 40, 50], train.columns.get_loc("target")] = 1
+    with caplog.at_level(logging.WARNING):
+        make_folds(train, 5, 0)
+    assert "only 1 malignant" in caplog.text or "only 2 malignant" in caplog.text
+
+
+def groups_factory(names=GROUPS):
+    return lambda: create_feature_groups(names, ["bb"], "pca", 4, 0)
+
+
+def test_leakage_validation_labels_and_images_do_not_reach_training_features(data) -> None:
+    train_rows = data.split_index("train")
+    folds = make_folds(data.frame.iloc[train_rows], 4, 0)
+    before = prepare_folds(data, train_rows, folds, groups_factory(), 0)
+    valid = before[0].valid_rows
+    data.frame.loc[valid, "target"] = np.random.default_rng(0).permutation(data.frame.loc[valid, "target"].to_numpy())
+    data.embeddings["bb"][valid] = np.random.default_rng(1).normal(0, 5, data.embeddings["bb"][valid].shape)
+    after = prepare_folds(data, train_rows, folds, groups_factory(), 0)
+    pd.testing.assert_frame_equal(before[0].X_fit, after[0].X_fit)
+    pd.testing.assert_frame_equal(before[0].X_stop, after[0].X_stop)
+    image_cols = [c for c in before[0].X_valid if not c.startswith("bb__")]
+    pd.testing.assert_frame_equal(before[0].X_valid[image_cols], after[0].X_valid[image_cols])
+
+
+def test_every_group_on_tiny_data(data) -> None:
+    rows = data.split_index("train")
+    for name in GROUPS:
+        groups = create_feature_groups([name], ["bb"], "pca", 4, 0)
+        for g in groups:
+            g.fit(data, rows)
+        frame = pd.concat([g.transform(data, rows) for g in groups], axis=1)
+        assert len(frame) == len(rows) and frame.shape[1] > 0, name
+        assert {feature_group_of(c) for c in frame.columns} == {name}, name
+    meta = create_feature_groups(["metadata"], [], "pca", 4, 0)[0].fit(data, rows).transform(data, rows)
+    assert meta["meta__site"].isna().sum() == data.frame.iloc[rows]["anatom_site_general_challenge"].isna().sum()
+    assert str(meta["meta__sex"].dtype) == "category"
+
+
+def test_patient_statistics_are_per_split_and_label_free(data) -> None:
+    group = create_feature_groups(["patient"], [], "pca", 4, 0)[0]
+    all_rows = np.arange(len(data.frame))
+    before = group.transform(data, all_rows)
+    data.frame["target"] = 1 - data.frame["target"].fillna(0)
+    group2 = create_feature_groups(["patient"], [], "pca", 4, 0)[0]
+    pd.testing.assert_frame_equal(before, group2.transform(data, all_rows))
+    assert (before["patient__n_images"] == 5).all()
+
+
+def test_ugly_duckling_finds_the_odd_lesion() -> None:
+    vectors = np.array([[1, 0, 0], [0.95, 0.05, 0], [0.9, 0.1, 0], [0, 0, 1.0]])
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    stats = patient_outlier_stats(vectors)
+    assert stats[:, 0].argmax() == 3 and stats[3, 2] == 1.0 and stats[3, 1] > 1
+    assert stats[3, 3] > stats[0, 3]
+
+
+def test_single_image_patients_get_missing_ugly_duckling_values(tmp_path: Path) -> None:
+    manifest = synthetic_manifest(n_patients=10, per_patient=1, n_test_patients=0)
+    write_stage1(tmp_path, manifest, {"bb": make_embeddings(manifest)})
+    data = load_stage_data(tmp_path, None)
+    ud = create_feature_groups(["ugly-duckling"], ["bb"], "pca", 4, 0)[0]
+    assert ud.transform(data, np.arange(10)).isna().all().all()

@@ -1,0 +1,197 @@
+"""Adapters, the Optuna objective, full training runs, outputs, and the stage boundary checks."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from stage1_embed.schema import read_manifest
+from stage2_boost.boosters import BOOSTERS, create_booster
+from stage2_boost.config import Stage2Config
+from stage2_boost.cv import prepare_folds
+from stage2_boost.data import load_stage_data
+from stage2_boost.errors import ConfigError, ContractError
+from stage2_boost.features import create_feature_groups
+from stage2_boost.folds import make_folds
+from stage2_boost.inspect_studies import describe_study, study_table
+from stage2_boost.train import run_training
+from stage2_boost.tune import make_objective, mask_url, open_storage
+from tests.conftest import ISIC, require
+from tests.stage2.helpers import make_embeddings, synthetic_manifest, write_embedding_file, write_stage1
+
+FAST = {"n_trials": 2, "max_rounds": 200, "early_stopping": 20, "n_bootstrap": 100, "n_folds": 3, "report": False}
+
+
+@pytest.fixture
+def features(tmp_path: Path) -> Path:
+    manifest = synthetic_manifest()
+    return write_stage1(tmp_path / "features", manifest, {"bb": make_embeddings(manifest)})
+
+
+@pytest.fixture
+def config(features: Path) -> Stage2Config:
+    return Stage2Config(features_dir=features, n_components=4, **FAST)
+
+
+@pytest.mark.parametrize("name", sorted(BOOSTERS))
+def test_every_adapter_fits_and_predicts_probabilities(name: str) -> None:
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame({"a": rng.normal(size=600), "b": rng.normal(size=600),
+                      "c": pd.Categorical(rng.choice(["x", "y", None], 600))})  # fmt: skip
+    y = (X["a"] + 0.3 * rng.normal(size=600) > 0.8).astype(int).to_numpy()
+    adapter = create_booster(name, seed=0, max_rounds=300, early_stopping=20)
+    fitted = adapter.fit(adapter.prepare(X[:400], y[:400], X[400:500], y[400:500]), adapter.default_params())
+    pred = adapter.predict(fitted, X[500:])
+    assert pred.shape == (100,) and (pred >= 0).all() and (pred <= 1).all()
+    assert roc_auc_score(y[500:], pred) > 0.9 and fitted.best_iteration >= 1
+    assert set(adapter.gain_importance(fitted)) <= {"a", "b", "c"} and "a" in adapter.gain_importance(fitted)
+    params = adapter.suggest_params(optuna.trial.FixedTrial(adapter.default_params()))
+    assert params == adapter.default_params()
+
+
+def test_objective_runs_under_fixed_trial(features: Path) -> None:
+    data = load_stage_data(features, None)
+    rows = data.split_index("train")
+    folds = make_folds(data.frame.iloc[rows], 3, 0)
+    prepared = prepare_folds(data, rows, folds, lambda: create_feature_groups(["metadata", "embedding"], ["bb"], "pca", 4, 0), 0)
+    adapter = create_booster("lgbm", max_rounds=100, early_stopping=10)
+    trial = optuna.trial.FixedTrial(adapter.default_params())
+    value = make_objective(adapter, prepared, {"groups": ["metadata"]})(trial)
+    assert 0.5 < value <= 1.0
+
+
+def test_training_writes_valid_outputs_and_resumes_studies(config: Stage2Config) -> None:
+    first = run_training(config)
+    out = config.stage2_dir
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("oof_auc", "oof_auc_ci95", "tuning_auc", "models", "fold_aucs", "n_train", "n_pos",
+                "feature_groups", "backbones", "run_id"):  # fmt: skip
+        assert key in metrics, key
+    low, high = metrics["oof_auc_ci95"]
+    assert low <= metrics["oof_auc"] <= high and metrics["oof_auc"] > 0.7
+    assert set(metrics["models"]) == {"lgbm", "xgb"} and len(metrics["models"]["lgbm"]["fold_aucs"]) == 3
+    oof = pd.read_parquet(out / "oof.parquet")
+    assert {"image_name", "patient_id", "fold", "target", "lgbm", "xgb", "blend"} <= set(oof.columns)
+    assert len(oof) == metrics["n_train"] and oof["image_name"].is_unique
+    assert (oof.groupby("patient_id")["fold"].nunique() == 1).all()
+    submission = pd.read_csv(out / "submission.csv")
+    manifest, _ = read_manifest(config.features_dir)
+    assert list(submission.columns) == ["image_name", "target"]
+    assert set(submission["image_name"]) == set(manifest.query("split == 'test'")["image_name"])
+    assert submission["target"].between(0, 1).all()
+    second = run_training(config)
+    assert second.models[0].n_trials == 4 and first.run_id != second.run_id
+    assert len(pd.read_csv(out / "runs.csv")) == 2
+
+
+def test_same_seed_same_results(config: Stage2Config, tmp_path: Path) -> None:
+    a = run_training(replace(config, out_dir=tmp_path / "a"))
+    b = run_training(replace(config, out_dir=tmp_path / "b"))
+    assert a.metrics["oof_auc"] == b.metrics["oof_auc"]
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "a" / "oof.parquet"), pd.read_parquet(tmp_path / "b" / "oof.parquet"))
+
+
+def test_acquisition_reports_auc_without_it(config: Stage2Config) -> None:
+    result = run_training(replace(config, feature_groups=("metadata", "acquisition"), models=("lgbm",)))
+    assert "oof_auc_without_acquisition" in result.metrics
+
+
+def test_report_plots_exist_and_are_not_empty(config: Stage2Config) -> None:
+    run_training(replace(config, report=True))
+    report = config.stage2_dir / "report"
+    for name in ("roc.png", "fold_auc.png", "importance.png", "auc_by_subgroup.png"):
+        assert (report / name).stat().st_size > 5_000, name
+    text = (report / "report.md").read_text()
+    assert "OOF AUC (blend)" in text and "roc.png" in text
+
+
+def test_embeddings_from_another_input_are_refused(features: Path) -> None:
+    manifest, _ = read_manifest(features)
+    write_embedding_file(features, "bb", manifest, make_embeddings(manifest), {"input_fingerprint": "other"})
+    with pytest.raises(ContractError, match="different input"):
+        load_stage_data(features, None)
+
+
+def test_missing_backbone_file_is_refused(features: Path) -> None:
+    with pytest.raises(ContractError, match="Embedding file .*nope.parquet is missing.*--stage 1"):
+        load_stage_data(features, ["nope"])
+
+
+def test_nan_embeddings_are_refused(features: Path) -> None:
+    manifest, meta = read_manifest(features)
+    vectors = make_embeddings(manifest)
+    vectors[3, 2] = np.nan
+    write_embedding_file(features, "bb", manifest, vectors, {"input_fingerprint": meta["input_fingerprint"]})
+    with pytest.raises(ContractError, match="NaN/inf embeddings for 1 image"):
+        load_stage_data(features, None)
+
+
+def test_schema_version_mismatch_is_refused(features: Path) -> None:
+    manifest, meta = read_manifest(features)
+    path = write_embedding_file(features, "bb", manifest, make_embeddings(manifest), {"input_fingerprint": meta["input_fingerprint"]})
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    meta_json = json.loads(table.schema.metadata[b"melanoma_stack"]) | {"schema_version": 99}
+    pq.write_table(table.replace_schema_metadata({b"melanoma_stack": json.dumps(meta_json).encode()}), path)
+    with pytest.raises(ContractError, match="schema version 99"):
+        load_stage_data(features, None)
+
+
+def test_embeddings_missing_rows_are_refused(features: Path) -> None:
+    manifest, meta = read_manifest(features)
+    part = manifest.iloc[5:]
+    write_embedding_file(features, "bb", part, make_embeddings(part), {"input_fingerprint": meta["input_fingerprint"]})
+    with pytest.raises(ContractError, match="lacks embeddings for 5 image"):
+        load_stage_data(features, None)
+
+
+def test_unreachable_storage_hides_the_password() -> None:
+    url = "postgresql://melanoma:s3cret-pw@127.0.0.1:1/optuna"
+    with pytest.raises(ConfigError) as info:
+        open_storage(url)
+    assert "s3cret-pw" not in str(info.value) and "***" in str(info.value)
+    assert mask_url(url) == "postgresql://melanoma:***@127.0.0.1:1/optuna"
+
+
+def test_inspect_lists_pruned_and_failed_trials(tmp_path: Path) -> None:
+    storage = open_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    study = optuna.create_study(study_name="demo.lgbm.x", storage=storage, direction="maximize")
+
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("learning_rate", 0.01, 0.2)
+        trial.set_user_attr("fold_aucs", [0.7, 0.8])
+        if trial.number == 3:
+            raise optuna.TrialPruned()
+        if trial.number == 4:
+            raise RuntimeError("boom")
+        return 0.6 + x
+
+    study.optimize(objective, n_trials=6, catch=(RuntimeError,))
+    row = study_table(storage).iloc[0]
+    assert (row["complete"], row["pruned"], row["failed"]) == (4, 1, 1)
+    text = describe_study(storage, "demo.lgbm.x", 3, tmp_path / "plots")
+    assert "#" in text and "folds [0.700, 0.800]" in text
+    assert all(p.stat().st_size > 2_000 for p in (tmp_path / "plots").glob("*.png"))
+    assert len(list((tmp_path / "plots").glob("*.png"))) >= 3
+
+
+@pytest.mark.slow
+def test_metadata_only_on_the_real_train_csv(tmp_path: Path) -> None:
+    """The full 33,126-row train.csv with no image: patient statistics lift AUC above 0.70."""
+    from stage1_embed.config import Stage1Config
+    from stage1_embed.pipeline import run_stage1
+
+    csv = require(ISIC / "csv" / "train.csv")
+    run_stage1(Stage1Config(data_dir=tmp_path, train_csv=csv, out_dir=tmp_path / "out", backbones=()))
+    result = run_training(Stage2Config(features_dir=tmp_path / "out", n_trials=0, models=("lgbm",),
+                                       n_bootstrap=200, report=False))  # fmt: skip
+    assert result.metrics["n_train"] == 33126 and result.metrics["n_pos"] == 584
+    assert result.metrics["oof_auc"] >= 0.70
