@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,7 @@ def save_study_plots(study: optuna.Study, folder: Path, top_params: list[str]) -
     import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as ovm
 
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     folder.mkdir(parents=True, exist_ok=True)
     plots = {
         "history": lambda: ovm.plot_optimization_history(study),

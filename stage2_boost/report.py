@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.patches import Patch
 import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score, roc_curve
@@ -22,6 +23,7 @@ from .features import feature_group_of
 GROUP_COLOURS = {"metadata": "#1f77b4", "patient": "#ff7f0e", "embedding": "#2ca02c",
                  "ugly-duckling": "#d62728", "acquisition": "#9467bd"}  # fmt: skip
 AGE_BANDS = [0, 30, 45, 60, 75, 200]
+AGE_LABELS = ["<30", "30-44", "45-59", "60-74", "75+"]
 MIN_GROUP = 20  # subgroups smaller than this, or with one class, get no AUC
 
 
@@ -100,10 +102,10 @@ def _importance_plot(importance: pd.DataFrame, top: int = 25) -> plt.Figure:
     colours = [GROUP_COLOURS[feature_group_of(f)] for f in mean.index]
     fig, ax = plt.subplots(figsize=(6.5, 0.25 * len(mean) + 1.2))
     ax.barh(mean.index, mean.to_numpy(), color=colours)
-    for group, colour in GROUP_COLOURS.items():
-        ax.bar(0, 0, color=colour, label=group)
-    ax.set(xlabel="share of total gain (mean over models)", title=f"Top {len(mean)} features")
-    ax.legend(fontsize=8, loc="lower right")
+    handles = [Patch(color=colour, label=group) for group, colour in GROUP_COLOURS.items()]
+    ax.set(xlabel="share of total gain (mean over models)", title=f"Top {len(mean)} features by gain")
+    ax.set_xlim(left=0)
+    ax.legend(handles=handles, fontsize=8, loc="lower right")
     return fig
 
 
@@ -111,7 +113,7 @@ def _subgroup_table(oof: pd.DataFrame, data: StageData) -> pd.DataFrame:
     meta = data.frame.set_index("image_name").loc[oof["image_name"]]
     site = meta["anatom_site_general_challenge"].astype("string").fillna("(missing)").to_numpy()
     band = (
-        pd.cut(meta["age_approx"].astype(float), AGE_BANDS, right=False)
+        pd.cut(meta["age_approx"].astype(float), AGE_BANDS, right=False, labels=AGE_LABELS)
         .astype("string")
         .fillna("(missing)")
         .to_numpy()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,6 +26,7 @@ def mask_url(url: str) -> str:
 
 def open_storage(url: str, grace_seconds: int = GRACE_SECONDS) -> optuna.storages.BaseStorage:
     """An Optuna storage for any RDB URL; heartbeats let killed trials be marked failed."""
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     try:
         return optuna.storages.RDBStorage(
             url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=grace_seconds,
@@ -87,9 +89,13 @@ def run_study(study: optuna.Study, objective: Any, n_trials: int, timeout: float
 
     def log_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         best = _best_value(study)
-        value = f"{trial.value:.4f}" if trial.value is not None else "-"
-        logger.info("%s trial %d %s: %s (best %s)", study.study_name.split(".")[1], trial.number,
-                    trial.state.name.lower(), value, f"{best:.4f}" if best is not None else "-")  # fmt: skip
+        if trial.state == optuna.trial.TrialState.PRUNED and trial.intermediate_values:
+            step = max(trial.intermediate_values)
+            outcome = f"pruned after fold {step} (running AUC {trial.intermediate_values[step]:.4f})"
+        else:
+            outcome = f"{trial.state.name.lower()}: {trial.value:.4f}" if trial.value is not None else trial.state.name.lower()
+        logger.info("%s trial %d %s (best %s)", study.study_name.split(".")[1], trial.number, outcome,
+                    f"{best:.4f}" if best is not None else "-")  # fmt: skip
 
     study.optimize(
         objective, n_trials=n_trials, timeout=timeout, callbacks=[log_trial], gc_after_trial=False
