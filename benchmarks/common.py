@@ -17,7 +17,9 @@ WEIGHTS = SHARED / "weights"
 
 def require_shared(path: Path) -> Path:
     if not path.exists():
-        raise SystemExit(f"this benchmark needs {path} (the shared data folder beside the repository)")
+        raise SystemExit(
+            f"this benchmark needs {path} (the shared data folder beside the repository)"
+        )
     return path
 
 

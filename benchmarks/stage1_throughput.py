@@ -19,16 +19,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import WEIGHTS, isic_jpeg_layout, machine  # noqa: E402
-from stage1_embed.backbones import create_backbone, parse_backbone_spec  # noqa: E402
-from stage1_embed.config import Stage1Config  # noqa: E402
-from stage1_embed.decode import decode_image_bytes  # noqa: E402
-from stage1_embed.extract import Embedder  # noqa: E402
-from stage1_embed.pipeline import run_stage1  # noqa: E402
-from stage1_embed.preprocess import Preprocess  # noqa: E402
+from benchmarks.common import WEIGHTS, isic_jpeg_layout, machine
+from stage1_embed.backbones import create_backbone, parse_backbone_spec
+from stage1_embed.config import Stage1Config
+from stage1_embed.decode import decode_image_bytes
+from stage1_embed.extract import Embedder
+from stage1_embed.pipeline import run_stage1
+from stage1_embed.preprocess import Preprocess
 
 
-def forward_only(spec: str, batch_size: int, input_size: int | None, device: str, root: Path, n_images: int) -> float:
+def forward_only(
+    spec: str, batch_size: int, input_size: int | None, device: str, root: Path, n_images: int
+) -> float:
     """Images/s of normalise + model on uint8 batches already in memory (the ceiling)."""
     backbone = create_backbone(parse_backbone_spec(spec), input_size=input_size)
     preprocess = Preprocess.from_data_config(backbone.data_config)
@@ -46,7 +48,15 @@ def forward_only(spec: str, batch_size: int, input_size: int | None, device: str
     return n_batches * batch_size / (time.perf_counter() - started)
 
 
-def whole_stage(spec: str, batch_size: int, input_size: int | None, device: str, workers: int, root: Path, out: Path) -> dict:
+def whole_stage(
+    spec: str,
+    batch_size: int,
+    input_size: int | None,
+    device: str,
+    workers: int,
+    root: Path,
+    out: Path,
+) -> dict:
     config = Stage1Config(data_dir=root, out_dir=out, backbones=(spec,), batch_size=batch_size, input_size=input_size,
                           device=device, num_workers=workers, progress=False)  # fmt: skip
     started = time.perf_counter()
@@ -66,7 +76,9 @@ def peak_rss_mb() -> float:
 def child_rss(args: argparse.Namespace, copies: int) -> dict:
     """Run the whole stage in a fresh process on ``copies`` x the images; report its peak RSS."""
     cmd = [sys.executable, __file__, "--child-copies", str(copies), "--backbone", args.backbone,
-           "--batch-size", str(args.batch_size), "--workers", str(args.workers), "--device", args.device]  # fmt: skip
+           "--batch-size", str(args.batch_size), "--device", args.device]  # fmt: skip
+    if args.workers is not None:
+        cmd += ["--workers", str(args.workers)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -77,24 +89,57 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--input-size", type=int)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--workers", type=int, default=Stage1Config().num_workers)
-    parser.add_argument("--memory", action="store_true", help="also peak RSS at 1x and 4x the images")
+    parser.add_argument(
+        "--workers", type=int, help="decode workers (default: the stage's own choice)"
+    )
+    parser.add_argument(
+        "--memory", action="store_true", help="also peak RSS at 1x and 4x the images"
+    )
     parser.add_argument("--child-copies", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         if args.child_copies:
             root = isic_jpeg_layout(Path(tmp) / "data", copies=args.child_copies)
-            stats = whole_stage(args.backbone, args.batch_size, None, args.device, args.workers, root, Path(tmp) / "out")
+            stats = whole_stage(
+                args.backbone,
+                args.batch_size,
+                None,
+                args.device,
+                args.workers,
+                root,
+                Path(tmp) / "out",
+            )
             print(json.dumps({**stats, "peak_rss_mb": peak_rss_mb()}))
             return
         root = isic_jpeg_layout(Path(tmp) / "data")
-        stage = whole_stage(args.backbone, args.batch_size, args.input_size, args.device, args.workers, root, Path(tmp) / "out")
-        forward = forward_only(args.backbone, args.batch_size, args.input_size, args.device, root, min(stage["images"], 1024))
+        # Forward-only before and after the stage (both warm), so drift in the machine's speed
+        # during the run affects both sides of the ratio alike.
+        before = forward_only(
+            args.backbone, args.batch_size, args.input_size, args.device, root, 1024
+        )
+        stage = whole_stage(
+            args.backbone,
+            args.batch_size,
+            args.input_size,
+            args.device,
+            args.workers,
+            root,
+            Path(tmp) / "out",
+        )
+        after = forward_only(
+            args.backbone, args.batch_size, args.input_size, args.device, root, 1024
+        )
+        forward = (before + after) / 2
     print(f"machine: {machine()}")
     print(f"backbone {args.backbone.split('/')[-1]}, batch {args.batch_size}, input {args.input_size or 'default'}, "
-          f"device {args.device}, workers {args.workers}, {stage['images']} real 512x512 JPEGs")  # fmt: skip
-    print(f"forward only (tensors in memory): {forward:8.1f} img/s")
-    print(f"whole stage, embedding loop     : {stage['img_s_embed']:8.1f} img/s  ratio {stage['img_s_embed'] / forward:.2f}")
+          f"device {args.device}, workers {Stage1Config(num_workers=args.workers).workers_for(args.device)}, "
+          f"{stage['images']} real 512x512 JPEGs")  # fmt: skip
+    print(
+        f"forward only (tensors in memory): {forward:8.1f} img/s  (before {before:.1f}, after {after:.1f})"
+    )
+    print(
+        f"whole stage, embedding loop     : {stage['img_s_embed']:8.1f} img/s  ratio {stage['img_s_embed'] / forward:.2f}"
+    )
     print(f"whole stage, files -> Parquet   : {stage['img_s_total']:8.1f} img/s  ratio {stage['img_s_total'] / forward:.2f}"
           f"  ({stage['seconds_total']:.1f} s incl. scan, model build, manifest)")  # fmt: skip
     if args.memory:

@@ -19,20 +19,22 @@ import optuna
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import ISIC, machine, require_shared  # noqa: E402
-from stage1_embed.config import Stage1Config  # noqa: E402
-from stage1_embed.pipeline import run_stage1  # noqa: E402
-from stage2_boost.boosters import LightGBMAdapter  # noqa: E402
-from stage2_boost.cv import prepare_folds  # noqa: E402
-from stage2_boost.data import load_stage_data  # noqa: E402
-from stage2_boost.features import create_feature_groups  # noqa: E402
-from stage2_boost.folds import make_folds  # noqa: E402
-from stage2_boost.tune import make_objective  # noqa: E402
+from benchmarks.common import ISIC, machine, require_shared
+from stage1_embed.config import Stage1Config
+from stage1_embed.pipeline import run_stage1
+from stage2_boost.boosters import LightGBMAdapter
+from stage2_boost.cv import prepare_folds
+from stage2_boost.data import load_stage_data
+from stage2_boost.features import create_feature_groups
+from stage2_boost.folds import make_folds
+from stage2_boost.tune import make_objective
 
 
 def real_metadata(tmp: Path):
     csv = require_shared(ISIC / "csv" / "train.csv")
-    run_stage1(Stage1Config(data_dir=tmp, train_csv=csv, out_dir=tmp / "out", backbones=(), progress=False))
+    run_stage1(
+        Stage1Config(data_dir=tmp, train_csv=csv, out_dir=tmp / "out", backbones=(), progress=False)
+    )
     return load_stage_data(tmp / "out", None)
 
 
@@ -51,9 +53,13 @@ def measure(name: str, data, groups: list[str], n_trials: int) -> None:
     folds = make_folds(data.frame.iloc[rows], 5, 42)
     backbones = sorted(data.embeddings)
     started = time.perf_counter()
-    prepared = prepare_folds(data, rows, folds, lambda: create_feature_groups(groups, backbones, "pca", 64, 0), 42)
+    prepared = prepare_folds(
+        data, rows, folds, lambda: create_feature_groups(groups, backbones, "pca", 64, 0), 42
+    )
     t_features = time.perf_counter() - started
-    adapter = LightGBMAdapter(seed=0, max_rounds=2000, early_stopping=100, n_rows=len(prepared[0].fit_rows))
+    adapter = LightGBMAdapter(
+        seed=0, max_rounds=2000, early_stopping=100, n_rows=len(prepared[0].fit_rows)
+    )
     started = time.perf_counter()
     for fold in prepared:
         fold.native(adapter)
@@ -70,7 +76,13 @@ def measure(name: str, data, groups: list[str], n_trials: int) -> None:
             full = {"objective": "binary", "metric": "auc", "verbosity": -1, "seed": 0, "bagging_freq": 1,
                     "deterministic": True, "force_row_wise": True, "max_bin": 255, "feature_pre_filter": False,
                     "num_threads": 0, **trial.params}  # fmt: skip
-            booster = lgb.train(full, fit, 2000, valid_sets=[stop], callbacks=[lgb.early_stopping(100, verbose=False)])
+            booster = lgb.train(
+                full,
+                fit,
+                2000,
+                valid_sets=[stop],
+                callbacks=[lgb.early_stopping(100, verbose=False)],
+            )
             booster.predict(fold.X_valid, num_iteration=booster.best_iteration)
     bare = (time.perf_counter() - started) / n_trials
     print(f"{name}: {len(rows)} rows x {prepared[0].X_fit.shape[1]} features; features {t_features:.1f} s and "
@@ -87,9 +99,16 @@ def main() -> None:
     print(f"machine: {machine()}")
     with tempfile.TemporaryDirectory() as tmp:
         data = real_metadata(Path(tmp))
-        measure("(a) real train.csv, metadata + patient", data, ["metadata", "patient"], args.trials)
+        measure(
+            "(a) real train.csv, metadata + patient", data, ["metadata", "patient"], args.trials
+        )
         data = with_synthetic_embeddings(data)
-        measure("(b) + 3 backbones x 64 PCA dims", data, ["metadata", "patient", "embedding"], args.trials)
+        measure(
+            "(b) + 3 backbones x 64 PCA dims",
+            data,
+            ["metadata", "patient", "embedding"],
+            args.trials,
+        )
 
 
 if __name__ == "__main__":

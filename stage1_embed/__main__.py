@@ -54,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=Stage1Config().num_workers, help="decode workers")
+    p.add_argument(
+        "--workers", type=int, help="decode worker processes (default: by device and cores)"
+    )
     p.add_argument("--chunk-size", type=int, default=1024, help="images per resumable part")
     p.add_argument(
         "--skip-missing", action="store_true", help="run on the images present, dropping the rest"

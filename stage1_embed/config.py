@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .backbones import DEFAULT_BACKBONES
@@ -31,7 +31,7 @@ class Stage1Config:
     device: str = "auto"
     precision: str = "auto"
     batch_size: int = 32
-    num_workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
+    num_workers: int | None = None  # None: chosen for the device and core count (auto_workers)
     chunk_size: int = 1024
     skip_missing: bool = False
     max_failures: int = 0
@@ -55,6 +55,9 @@ class Stage1Config:
         if self.max_failures < 0:
             raise ConfigError("--max-failures must be 0 or more.")
 
+    def workers_for(self, device: str) -> int:
+        return self.num_workers if self.num_workers is not None else auto_workers(device)
+
     @property
     def train_csv_path(self) -> Path:
         return self.train_csv or self.data_dir / "train.csv"
@@ -65,3 +68,12 @@ class Stage1Config:
             return self.test_csv
         default = self.data_dir / "test.csv"
         return default if default.is_file() else None
+
+
+def auto_workers(device: str, cores: int | None = None) -> int:
+    """Decode workers: on a GPU, enough to keep it fed; on a small CPU, none, because workers
+    would only take cores from the model (benchmarks/README.md: 0.90 vs 0.85 on 2 cores)."""
+    cores = cores or os.cpu_count() or 1
+    if device.startswith("cuda"):
+        return max(2, min(8, cores - 1))
+    return 0 if cores <= 4 else min(4, cores // 4)

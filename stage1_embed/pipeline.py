@@ -90,9 +90,17 @@ def _run_locked(config: Stage1Config, out: Path) -> Stage1Summary:
     _check_failure_limit(failures, config.max_failures, out)
     for result in summary.results:
         if result.status == "computed" and result.parts is not None:
+            _assemble_once(result, out)
+    return summary
+
+
+def _assemble_once(result: BackboneResult, out: Path) -> None:
+    """Shards finishing together must not both assemble: the first one does, under a lock."""
+    assert result.parts is not None
+    with FileLock(str(result.parts.folder) + ".lock"):
+        if result.parts.folder.is_dir():
             provenance = {**result.provenance, "failures": [list(f) for f in result.failures]}
             result.parts.assemble(embeddings_path(out, result.slug), provenance)
-    return summary
 
 
 def _embed_settings(config: Stage1Config) -> EmbedSettings:
@@ -112,7 +120,7 @@ def _embed_settings(config: Stage1Config) -> EmbedSettings:
         precision = "bf16"
     return EmbedSettings(
         batch_size=config.batch_size,
-        num_workers=config.num_workers,
+        num_workers=config.workers_for(device),
         chunk_size=config.chunk_size,
         device=device,
         precision=precision,

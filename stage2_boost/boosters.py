@@ -72,7 +72,9 @@ class LightGBMAdapter(BoosterAdapter):
         return {
             "learning_rate": trial.suggest_float("learning_rate", 0.01, 0.2, log=True),
             "num_leaves": trial.suggest_int("num_leaves", 4, 64, log=True),
-            "min_child_samples": trial.suggest_int("min_child_samples", 2, self.max_leaf_rows, log=True),
+            "min_child_samples": trial.suggest_int(
+                "min_child_samples", 2, self.max_leaf_rows, log=True
+            ),
             "feature_fraction": trial.suggest_float("feature_fraction", 0.2, 1.0),
             "bagging_fraction": trial.suggest_float("bagging_fraction", 0.5, 1.0),
             "lambda_l2": trial.suggest_float("lambda_l2", 1e-3, 10.0, log=True),
@@ -127,7 +129,9 @@ class XGBoostAdapter(BoosterAdapter):
         return {
             "eta": trial.suggest_float("eta", 0.01, 0.2, log=True),
             "max_depth": trial.suggest_int("max_depth", 2, 8),
-            "min_child_weight": trial.suggest_float("min_child_weight", 0.01, self.max_leaf_rows / 20, log=True),
+            "min_child_weight": trial.suggest_float(
+                "min_child_weight", 0.01, self.max_leaf_rows / 20, log=True
+            ),
             "subsample": trial.suggest_float("subsample", 0.5, 1.0),
             "colsample_bytree": trial.suggest_float("colsample_bytree", 0.2, 1.0),
             "lambda": trial.suggest_float("lambda", 1e-3, 10.0, log=True),

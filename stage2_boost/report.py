@@ -10,9 +10,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from matplotlib.patches import Patch
 import numpy as np
 import pandas as pd
+from matplotlib.patches import Patch
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from stage1_embed.atomic import atomic_path, atomic_write_text
@@ -103,7 +103,9 @@ def _importance_plot(importance: pd.DataFrame, top: int = 25) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(6.5, 0.25 * len(mean) + 1.2))
     ax.barh(mean.index, mean.to_numpy(), color=colours)
     handles = [Patch(color=colour, label=group) for group, colour in GROUP_COLOURS.items()]
-    ax.set(xlabel="share of total gain (mean over models)", title=f"Top {len(mean)} features by gain")
+    ax.set(
+        xlabel="share of total gain (mean over models)", title=f"Top {len(mean)} features by gain"
+    )
     ax.set_xlim(left=0)
     ax.legend(handles=handles, fontsize=8, loc="lower right")
     return fig

@@ -91,9 +91,15 @@ def run_study(study: optuna.Study, objective: Any, n_trials: int, timeout: float
         best = _best_value(study)
         if trial.state == optuna.trial.TrialState.PRUNED and trial.intermediate_values:
             step = max(trial.intermediate_values)
-            outcome = f"pruned after fold {step} (running AUC {trial.intermediate_values[step]:.4f})"
+            outcome = (
+                f"pruned after fold {step} (running AUC {trial.intermediate_values[step]:.4f})"
+            )
         else:
-            outcome = f"{trial.state.name.lower()}: {trial.value:.4f}" if trial.value is not None else trial.state.name.lower()
+            outcome = (
+                f"{trial.state.name.lower()}: {trial.value:.4f}"
+                if trial.value is not None
+                else trial.state.name.lower()
+            )
         logger.info("%s trial %d %s (best %s)", study.study_name.split(".")[1], trial.number, outcome,
                     f"{best:.4f}" if best is not None else "-")  # fmt: skip
 

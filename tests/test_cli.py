@@ -32,14 +32,22 @@ def test_run_all_help() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["-m", "stage1_embed", "--data", "/nonexistent", "--out", "{tmp}/o"], "CSV file not found"),
-        (["-m", "stage1_embed", "--backbones", "nonsense_net", "--out", "{tmp}/o"], "Unknown backbone"),
+        (
+            ["-m", "stage1_embed", "--data", "/nonexistent", "--out", "{tmp}/o"],
+            "CSV file not found",
+        ),
+        (
+            ["-m", "stage1_embed", "--backbones", "nonsense_net", "--out", "{tmp}/o"],
+            "Unknown backbone",
+        ),
         (["-m", "stage2_boost", "train", "--features", "{tmp}/none"], "No stage 1 manifest"),
         (["-m", "stage2_boost", "runs", "--out", "{tmp}/none"], "No run log"),
         (["-m", "stage2_boost", "train", "--groups", "colour"], "Unknown feature group"),
     ],
 )
-def test_user_errors_are_one_paragraph_without_traceback(tmp_path: Path, args: list[str], message: str) -> None:
+def test_user_errors_are_one_paragraph_without_traceback(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
     result = run([sys.executable, *[a.format(tmp=tmp_path) for a in args]])
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
@@ -54,21 +62,33 @@ def test_unknown_flag_is_an_error() -> None:
 def test_smoke_run_then_stage2_rerun_leaves_stage1_untouched(tmp_path: Path) -> None:
     out = tmp_path / "out"
     data = tmp_path / "demo"
-    subprocess.run([sys.executable, "-m", "stage1_embed.demo", "--out", str(data), "--patients", "30"], check=True, cwd=REPO)
+    subprocess.run(
+        [sys.executable, "-m", "stage1_embed.demo", "--out", str(data), "--patients", "30"],
+        check=True,
+        cwd=REPO,
+    )
     first = run(["bash", "run_all.sh", "--smoke", "--data", str(data), "--out", str(out)])
     assert first.returncode == 0, first.stderr[-3000:]
     assert "blend  OOF AUC" in first.stdout and "== done" in first.stdout
     stage1_files = [p for p in out.rglob("*") if p.is_file() and "stage2" not in p.parts]
     before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in stage1_files}
-    second = run(["bash", "run_all.sh", "--smoke", "--data", str(data), "--out", str(out), "--stage", "2"])
+    second = run(
+        ["bash", "run_all.sh", "--smoke", "--data", str(data), "--out", str(out), "--stage", "2"]
+    )
     assert second.returncode == 0, second.stderr[-3000:]
     assert "stage 1" not in second.stdout
     after = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in stage1_files}
     assert before == after
     assert len(pd.read_csv(out / "stage2" / "runs.csv")) == 2
     runs = run([sys.executable, "-m", "stage2_boost", "runs", "--out", str(out / "stage2")])
-    assert runs.returncode == 0 and runs.stdout.count("metadata+patient+embedding+ugly-duckling") == 2
+    assert (
+        runs.returncode == 0 and runs.stdout.count("metadata+patient+embedding+ugly-duckling") == 2
+    )
     inspect = run([sys.executable, "-m", "stage2_boost", "inspect", "--out", str(out / "stage2")])
-    assert inspect.returncode == 0 and ".lgbm." in inspect.stdout and "optuna-dashboard sqlite:///" in inspect.stdout
+    assert (
+        inspect.returncode == 0
+        and ".lgbm." in inspect.stdout
+        and "optuna-dashboard sqlite:///" in inspect.stdout
+    )
     for name in ("roc.png", "fold_auc.png", "importance.png", "auc_by_subgroup.png", "report.md"):
         assert (out / "stage2" / "report" / name).stat().st_size > 1000, name

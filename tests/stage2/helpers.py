@@ -9,10 +9,18 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stage1_embed.schema import embedding_schema, embeddings_path, input_fingerprint, with_provenance, write_manifest
+from stage1_embed.schema import (
+    embedding_schema,
+    embeddings_path,
+    input_fingerprint,
+    with_provenance,
+    write_manifest,
+)
 
 
-def synthetic_manifest(n_patients: int = 40, per_patient: int = 5, n_test_patients: int = 5, seed: int = 0) -> pd.DataFrame:
+def synthetic_manifest(
+    n_patients: int = 40, per_patient: int = 5, n_test_patients: int = 5, seed: int = 0
+) -> pd.DataFrame:
     """Rows whose label depends on age, site and (via ``make_embeddings``) the image."""
     rng = np.random.default_rng(seed)
     rows = []
@@ -21,13 +29,17 @@ def synthetic_manifest(n_patients: int = 40, per_patient: int = 5, n_test_patien
         age = float(rng.integers(3, 17) * 5)
         for _ in range(per_patient):
             site = str(rng.choice(["torso", "head/neck", "lower extremity", "upper extremity"]))
-            logit = -2.2 + 0.05 * (age - 50) + (1.0 if site == "head/neck" else 0.0) + rng.normal(0, 1)
+            logit = (
+                -2.2 + 0.05 * (age - 50) + (1.0 if site == "head/neck" else 0.0) + rng.normal(0, 1)
+            )
             rows.append({"image_name": f"IMG_{len(rows):05d}", "patient_id": f"P_{p:04d}",
                          "sex": ["male", "female"][p % 2], "age_approx": age,
                          "anatom_site_general_challenge": site, "diagnosis": "unknown",
                          "target": int(logit > 0) if split == "train" else pd.NA, "split": split})  # fmt: skip
     frame = pd.DataFrame(rows)
-    frame.loc[frame.sample(frac=0.05, random_state=seed).index, "anatom_site_general_challenge"] = None
+    frame.loc[frame.sample(frac=0.05, random_state=seed).index, "anatom_site_general_challenge"] = (
+        None
+    )
     n = len(frame)
     return frame.assign(source_format="jpeg", relative_path=[f"x/{i}.jpg" for i in range(n)],
                         width=rng.choice([512, 1024], n), height=512, file_size=rng.integers(10_000, 90_000, n),
@@ -42,16 +54,22 @@ def make_embeddings(manifest: pd.DataFrame, width: int = 16, seed: int = 1) -> n
     return vectors
 
 
-def write_stage1(out: Path, manifest: pd.DataFrame, backbones: dict[str, np.ndarray], dataset: str = "synthetic") -> Path:
+def write_stage1(
+    out: Path, manifest: pd.DataFrame, backbones: dict[str, np.ndarray], dataset: str = "synthetic"
+) -> Path:
     """manifest.parquet + embeddings/<slug>.parquet exactly as stage 1's contract says."""
     fingerprint = input_fingerprint(manifest)
     write_manifest(manifest, out, {"input_fingerprint": fingerprint, "dataset": dataset})
     for slug, vectors in backbones.items():
-        write_embedding_file(out, slug, manifest, vectors, {"input_fingerprint": fingerprint, "slug": slug})
+        write_embedding_file(
+            out, slug, manifest, vectors, {"input_fingerprint": fingerprint, "slug": slug}
+        )
     return out
 
 
-def write_embedding_file(out: Path, slug: str, keys: pd.DataFrame, vectors: np.ndarray, provenance: dict) -> Path:
+def write_embedding_file(
+    out: Path, slug: str, keys: pd.DataFrame, vectors: np.ndarray, provenance: dict
+) -> Path:
     width = vectors.shape[1]
     schema = with_provenance(embedding_schema(width), provenance)
     flat = pa.array(vectors.astype(np.float32).ravel(), pa.float32())

@@ -76,8 +76,12 @@ def test_leakage_validation_labels_and_images_do_not_reach_training_features(dat
     folds = make_folds(data.frame.iloc[train_rows], 4, 0)
     before = prepare_folds(data, train_rows, folds, groups_factory(), 0)
     valid = before[0].valid_rows
-    data.frame.loc[valid, "target"] = np.random.default_rng(0).permutation(data.frame.loc[valid, "target"].to_numpy())
-    data.embeddings["bb"][valid] = np.random.default_rng(1).normal(0, 5, data.embeddings["bb"][valid].shape)
+    data.frame.loc[valid, "target"] = np.random.default_rng(0).permutation(
+        data.frame.loc[valid, "target"].to_numpy()
+    )
+    data.embeddings["bb"][valid] = np.random.default_rng(1).normal(
+        0, 5, data.embeddings["bb"][valid].shape
+    )
     after = prepare_folds(data, train_rows, folds, groups_factory(), 0)
     pd.testing.assert_frame_equal(before[0].X_fit, after[0].X_fit)
     pd.testing.assert_frame_equal(before[0].X_stop, after[0].X_stop)
@@ -94,8 +98,15 @@ def test_every_group_on_tiny_data(data) -> None:
         frame = pd.concat([g.transform(data, rows) for g in groups], axis=1)
         assert len(frame) == len(rows) and frame.shape[1] > 0, name
         assert {feature_group_of(c) for c in frame.columns} == {name}, name
-    meta = create_feature_groups(["metadata"], [], "pca", 4, 0)[0].fit(data, rows).transform(data, rows)
-    assert meta["meta__site"].isna().sum() == data.frame.iloc[rows]["anatom_site_general_challenge"].isna().sum()
+    meta = (
+        create_feature_groups(["metadata"], [], "pca", 4, 0)[0]
+        .fit(data, rows)
+        .transform(data, rows)
+    )
+    assert (
+        meta["meta__site"].isna().sum()
+        == data.frame.iloc[rows]["anatom_site_general_challenge"].isna().sum()
+    )
     assert str(meta["meta__sex"].dtype) == "category"
 
 

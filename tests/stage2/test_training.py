@@ -24,9 +24,21 @@ from stage2_boost.inspect_studies import describe_study, study_table
 from stage2_boost.train import run_training
 from stage2_boost.tune import make_objective, mask_url, open_storage
 from tests.conftest import ISIC, require
-from tests.stage2.helpers import make_embeddings, synthetic_manifest, write_embedding_file, write_stage1
+from tests.stage2.helpers import (
+    make_embeddings,
+    synthetic_manifest,
+    write_embedding_file,
+    write_stage1,
+)
 
-FAST = {"n_trials": 2, "max_rounds": 200, "early_stopping": 20, "n_bootstrap": 100, "n_folds": 3, "report": False}
+FAST = {
+    "n_trials": 2,
+    "max_rounds": 200,
+    "early_stopping": 20,
+    "n_bootstrap": 100,
+    "n_folds": 3,
+    "report": False,
+}
 
 
 @pytest.fixture
@@ -47,11 +59,17 @@ def test_every_adapter_fits_and_predicts_probabilities(name: str) -> None:
                       "c": pd.Categorical(rng.choice(["x", "y", None], 600))})  # fmt: skip
     y = (X["a"] + 0.3 * rng.normal(size=600) > 0.8).astype(int).to_numpy()
     adapter = create_booster(name, seed=0, max_rounds=300, early_stopping=20)
-    fitted = adapter.fit(adapter.prepare(X[:400], y[:400], X[400:500], y[400:500]), adapter.default_params())
+    fitted = adapter.fit(
+        adapter.prepare(X[:400], y[:400], X[400:500], y[400:500]), adapter.default_params()
+    )
     pred = adapter.predict(fitted, X[500:])
     assert pred.shape == (100,) and (pred >= 0).all() and (pred <= 1).all()
     assert roc_auc_score(y[500:], pred) > 0.9 and fitted.best_iteration >= 1
-    assert set(adapter.gain_importance(fitted)) <= {"a", "b", "c"} and "a" in adapter.gain_importance(fitted)
+    assert set(adapter.gain_importance(fitted)) <= {
+        "a",
+        "b",
+        "c",
+    } and "a" in adapter.gain_importance(fitted)
     params = adapter.suggest_params(optuna.trial.FixedTrial(adapter.default_params()))
     assert params == adapter.default_params()
 
@@ -60,7 +78,13 @@ def test_objective_runs_under_fixed_trial(features: Path) -> None:
     data = load_stage_data(features, None)
     rows = data.split_index("train")
     folds = make_folds(data.frame.iloc[rows], 3, 0)
-    prepared = prepare_folds(data, rows, folds, lambda: create_feature_groups(["metadata", "embedding"], ["bb"], "pca", 4, 0), 0)
+    prepared = prepare_folds(
+        data,
+        rows,
+        folds,
+        lambda: create_feature_groups(["metadata", "embedding"], ["bb"], "pca", 4, 0),
+        0,
+    )
     adapter = create_booster("lgbm", max_rounds=100, early_stopping=10)
     trial = optuna.trial.FixedTrial(adapter.default_params())
     value = make_objective(adapter, prepared, {"groups": ["metadata"]})(trial)
@@ -76,9 +100,14 @@ def test_training_writes_valid_outputs_and_resumes_studies(config: Stage2Config)
         assert key in metrics, key
     low, high = metrics["oof_auc_ci95"]
     assert low <= metrics["oof_auc"] <= high and metrics["oof_auc"] > 0.7
-    assert set(metrics["models"]) == {"lgbm", "xgb"} and len(metrics["models"]["lgbm"]["fold_aucs"]) == 3
+    assert (
+        set(metrics["models"]) == {"lgbm", "xgb"}
+        and len(metrics["models"]["lgbm"]["fold_aucs"]) == 3
+    )
     oof = pd.read_parquet(out / "oof.parquet")
-    assert {"image_name", "patient_id", "fold", "target", "lgbm", "xgb", "blend"} <= set(oof.columns)
+    assert {"image_name", "patient_id", "fold", "target", "lgbm", "xgb", "blend"} <= set(
+        oof.columns
+    )
     assert len(oof) == metrics["n_train"] and oof["image_name"].is_unique
     assert (oof.groupby("patient_id")["fold"].nunique() == 1).all()
     submission = pd.read_csv(out / "submission.csv")
@@ -95,11 +124,16 @@ def test_same_seed_same_results(config: Stage2Config, tmp_path: Path) -> None:
     a = run_training(replace(config, out_dir=tmp_path / "a"))
     b = run_training(replace(config, out_dir=tmp_path / "b"))
     assert a.metrics["oof_auc"] == b.metrics["oof_auc"]
-    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "a" / "oof.parquet"), pd.read_parquet(tmp_path / "b" / "oof.parquet"))
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(tmp_path / "a" / "oof.parquet"),
+        pd.read_parquet(tmp_path / "b" / "oof.parquet"),
+    )
 
 
 def test_acquisition_reports_auc_without_it(config: Stage2Config) -> None:
-    result = run_training(replace(config, feature_groups=("metadata", "acquisition"), models=("lgbm",)))
+    result = run_training(
+        replace(config, feature_groups=("metadata", "acquisition"), models=("lgbm",))
+    )
     assert "oof_auc_without_acquisition" in result.metrics
 
 
@@ -114,13 +148,15 @@ def test_report_plots_exist_and_are_not_empty(config: Stage2Config) -> None:
 
 def test_embeddings_from_another_input_are_refused(features: Path) -> None:
     manifest, _ = read_manifest(features)
-    write_embedding_file(features, "bb", manifest, make_embeddings(manifest), {"input_fingerprint": "other"})
+    write_embedding_file(
+        features, "bb", manifest, make_embeddings(manifest), {"input_fingerprint": "other"}
+    )
     with pytest.raises(ContractError, match="different input"):
         load_stage_data(features, None)
 
 
 def test_missing_backbone_file_is_refused(features: Path) -> None:
-    with pytest.raises(ContractError, match="Embedding file .*nope.parquet is missing.*--stage 1"):
+    with pytest.raises(ContractError, match=r"Embedding file .*nope.parquet is missing.*--stage 1"):
         load_stage_data(features, ["nope"])
 
 
@@ -128,19 +164,29 @@ def test_nan_embeddings_are_refused(features: Path) -> None:
     manifest, meta = read_manifest(features)
     vectors = make_embeddings(manifest)
     vectors[3, 2] = np.nan
-    write_embedding_file(features, "bb", manifest, vectors, {"input_fingerprint": meta["input_fingerprint"]})
+    write_embedding_file(
+        features, "bb", manifest, vectors, {"input_fingerprint": meta["input_fingerprint"]}
+    )
     with pytest.raises(ContractError, match="NaN/inf embeddings for 1 image"):
         load_stage_data(features, None)
 
 
 def test_schema_version_mismatch_is_refused(features: Path) -> None:
     manifest, meta = read_manifest(features)
-    path = write_embedding_file(features, "bb", manifest, make_embeddings(manifest), {"input_fingerprint": meta["input_fingerprint"]})
+    path = write_embedding_file(
+        features,
+        "bb",
+        manifest,
+        make_embeddings(manifest),
+        {"input_fingerprint": meta["input_fingerprint"]},
+    )
     import pyarrow.parquet as pq
 
     table = pq.read_table(path)
     meta_json = json.loads(table.schema.metadata[b"melanoma_stack"]) | {"schema_version": 99}
-    pq.write_table(table.replace_schema_metadata({b"melanoma_stack": json.dumps(meta_json).encode()}), path)
+    pq.write_table(
+        table.replace_schema_metadata({b"melanoma_stack": json.dumps(meta_json).encode()}), path
+    )
     with pytest.raises(ContractError, match="schema version 99"):
         load_stage_data(features, None)
 
@@ -148,7 +194,13 @@ def test_schema_version_mismatch_is_refused(features: Path) -> None:
 def test_embeddings_missing_rows_are_refused(features: Path) -> None:
     manifest, meta = read_manifest(features)
     part = manifest.iloc[5:]
-    write_embedding_file(features, "bb", part, make_embeddings(part), {"input_fingerprint": meta["input_fingerprint"]})
+    write_embedding_file(
+        features,
+        "bb",
+        part,
+        make_embeddings(part),
+        {"input_fingerprint": meta["input_fingerprint"]},
+    )
     with pytest.raises(ContractError, match="lacks embeddings for 5 image"):
         load_stage_data(features, None)
 
@@ -190,7 +242,9 @@ def test_metadata_only_on_the_real_train_csv(tmp_path: Path) -> None:
     from stage1_embed.pipeline import run_stage1
 
     csv = require(ISIC / "csv" / "train.csv")
-    run_stage1(Stage1Config(data_dir=tmp_path, train_csv=csv, out_dir=tmp_path / "out", backbones=()))
+    run_stage1(
+        Stage1Config(data_dir=tmp_path, train_csv=csv, out_dir=tmp_path / "out", backbones=())
+    )
     result = run_training(Stage2Config(features_dir=tmp_path / "out", n_trials=0, models=("lgbm",),
                                        n_bootstrap=200, report=False))  # fmt: skip
     assert result.metrics["n_train"] == 33126 and result.metrics["n_pos"] == 584
