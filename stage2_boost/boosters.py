@@ -43,13 +43,15 @@ class BoosterAdapter(ABC):
 
     @abstractmethod
     def prepare(
-        self, X_fit: pd.DataFrame, y_fit: np.ndarray, X_stop: pd.DataFrame, y_stop: np.ndarray
-    ) -> Any:
-        """Library-native training and early-stopping data, built once."""
+        self, X_fit: pd.DataFrame, y_fit: np.ndarray, X_stop: pd.DataFrame | None = None,
+        y_stop: np.ndarray | None = None,
+    ) -> Any:  # fmt: skip
+        """Library-native training data (and early-stopping data, if given), built once."""
 
     @abstractmethod
-    def fit(self, prepared: Any, params: dict[str, Any]) -> Fitted:
-        """Train on the fit part, stopping early on the stop part (never the reported fold)."""
+    def fit(self, prepared: Any, params: dict[str, Any], n_rounds: int | None = None) -> Fitted:
+        """Without ``n_rounds``: up to ``max_rounds``, stopping early on the stop part (never the
+        reported fold). With it: exactly that many rounds, no early stopping."""
 
     @abstractmethod
     def predict(self, fitted: Fitted, X: pd.DataFrame) -> np.ndarray:
@@ -86,25 +88,30 @@ class LightGBMAdapter(BoosterAdapter):
                 "bagging_fraction": 0.8, "lambda_l2": 1.0, "scale_pos_weight": 1.0}  # fmt: skip
 
     def prepare(
-        self, X_fit: pd.DataFrame, y_fit: np.ndarray, X_stop: pd.DataFrame, y_stop: np.ndarray
-    ) -> Any:
+        self, X_fit: pd.DataFrame, y_fit: np.ndarray, X_stop: pd.DataFrame | None = None,
+        y_stop: np.ndarray | None = None,
+    ) -> Any:  # fmt: skip
         import lightgbm as lgb
 
-        train = lgb.Dataset(X_fit, y_fit, params=self._dataset_params, free_raw_data=False)
+        train = lgb.Dataset(
+            X_fit, y_fit, params=self._dataset_params, free_raw_data=False
+        ).construct()
+        if X_stop is None:
+            return train, None
         stop = lgb.Dataset(
             X_stop, y_stop, reference=train, params=self._dataset_params, free_raw_data=False
         )
-        train.construct()
-        stop.construct()
-        return train, stop
+        return train, stop.construct()
 
-    def fit(self, prepared: Any, params: dict[str, Any]) -> Fitted:
+    def fit(self, prepared: Any, params: dict[str, Any], n_rounds: int | None = None) -> Fitted:
         import lightgbm as lgb
 
         train, stop = prepared
         full = {"objective": "binary", "metric": "auc", "verbosity": -1, "num_threads": N_THREADS,
                 "seed": self.seed, "bagging_freq": 1, "deterministic": True, "force_row_wise": True,
                 **self._dataset_params, **params}  # fmt: skip
+        if n_rounds is not None:
+            return Fitted(lgb.train(full, train, num_boost_round=n_rounds), n_rounds)
         booster = lgb.train(
             full, train, num_boost_round=self.max_rounds, valid_sets=[stop],
             callbacks=[lgb.early_stopping(self.early_stopping, verbose=False)],
@@ -143,20 +150,24 @@ class XGBoostAdapter(BoosterAdapter):
                 "colsample_bytree": 0.8, "lambda": 1.0, "scale_pos_weight": 1.0}  # fmt: skip
 
     def prepare(
-        self, X_fit: pd.DataFrame, y_fit: np.ndarray, X_stop: pd.DataFrame, y_stop: np.ndarray
-    ) -> Any:
+        self, X_fit: pd.DataFrame, y_fit: np.ndarray, X_stop: pd.DataFrame | None = None,
+        y_stop: np.ndarray | None = None,
+    ) -> Any:  # fmt: skip
         import xgboost as xgb
 
         train = xgb.QuantileDMatrix(X_fit, y_fit, enable_categorical=True, max_bin=self._max_bin)
-        stop = xgb.QuantileDMatrix(X_stop, y_stop, enable_categorical=True, ref=train)
-        return train, stop
+        if X_stop is None:
+            return train, None
+        return train, xgb.QuantileDMatrix(X_stop, y_stop, enable_categorical=True, ref=train)
 
-    def fit(self, prepared: Any, params: dict[str, Any]) -> Fitted:
+    def fit(self, prepared: Any, params: dict[str, Any], n_rounds: int | None = None) -> Fitted:
         import xgboost as xgb
 
         train, stop = prepared
         full = {"objective": "binary:logistic", "eval_metric": "auc", "tree_method": "hist",
                 "max_bin": self._max_bin, "nthread": N_THREADS, "seed": self.seed, **params}  # fmt: skip
+        if n_rounds is not None:
+            return Fitted(xgb.train(full, train, num_boost_round=n_rounds), n_rounds)
         booster = xgb.train(
             full, train, num_boost_round=self.max_rounds, evals=[(stop, "stop")],
             early_stopping_rounds=self.early_stopping, verbose_eval=False,

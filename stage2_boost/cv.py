@@ -34,14 +34,23 @@ class FoldMatrices:
     y_fit: np.ndarray
     y_stop: np.ndarray
     y_valid: np.ndarray
-    prepared: dict[str, Any] = field(default_factory=dict)  # adapter name -> native data
+    prepared: dict[tuple[str, bool], Any] = field(
+        default_factory=dict
+    )  # (adapter, whole) -> native data
 
-    def native(self, adapter: BoosterAdapter) -> Any:
-        if adapter.name not in self.prepared:
-            self.prepared[adapter.name] = adapter.prepare(
-                self.X_fit, self.y_fit, self.X_stop, self.y_stop
-            )
-        return self.prepared[adapter.name]
+    def native(self, adapter: BoosterAdapter, whole: bool = False) -> Any:
+        """The adapter's data for this fold, built on first use and kept: fit + early-stopping
+        parts, or (``whole``) the fold's entire training part for fixed-round refits."""
+        key = (adapter.name, whole)
+        if key not in self.prepared:
+            if whole:
+                X = pd.concat([self.X_fit, self.X_stop], ignore_index=True)
+                self.prepared[key] = adapter.prepare(X, np.concatenate([self.y_fit, self.y_stop]))
+            else:
+                self.prepared[key] = adapter.prepare(
+                    self.X_fit, self.y_fit, self.X_stop, self.y_stop
+                )
+        return self.prepared[key]
 
 
 @dataclass
@@ -94,14 +103,19 @@ def cross_validate(
     folds: Sequence[FoldMatrices],
     params: dict[str, Any],
     on_fold: Callable[[int, float], None] | None = None,
+    n_rounds: int | None = None,
 ) -> CVResult:
-    """Fit one model per fold; ``on_fold(fold, running mean AUC)`` may stop early (pruning)."""
+    """Fit one model per fold; ``on_fold(fold, running mean AUC)`` may stop early (pruning).
+
+    Without ``n_rounds`` each fold early-stops on its inner split (tuning). With it, every fold
+    trains that many rounds on its whole training part, so the folds' models are alike and their
+    pooled out-of-fold predictions comparable (the reported evaluation)."""
     n = sum(len(f.valid_rows) for f in folds)
     oof, aucs, iterations, tests = np.full(n, np.nan), [], [], []
     gains: dict[str, float] = {}
     offsets = np.cumsum([0] + [len(f.valid_rows) for f in folds])
     for fold, start in zip(folds, offsets, strict=False):
-        fitted = adapter.fit(fold.native(adapter), params)
+        fitted = adapter.fit(fold.native(adapter, whole=n_rounds is not None), params, n_rounds)
         pred = adapter.predict(fitted, fold.X_valid)
         oof[start : start + len(pred)] = pred
         aucs.append(float(roc_auc_score(fold.y_valid, pred)))

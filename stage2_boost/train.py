@@ -23,7 +23,7 @@ from .folds import load_or_make_folds
 from .metrics import auc, bootstrap_auc_ci, rank_blend
 from .outputs import RUNS_FILE, append_run, write_metrics, write_parquet, write_submission
 from .tune import (
-    best_params,
+    best_choice,
     make_objective,
     mask_url,
     open_storage,
@@ -44,6 +44,7 @@ class ModelResult:
     tuning_auc: float | None
     n_trials: int
     cv: CVResult
+    n_rounds: int
     oof_auc: float = float("nan")
     ci95: tuple[float, float] = (float("nan"), float("nan"))
 
@@ -160,13 +161,24 @@ def _tune_and_evaluate(
 ) -> ModelResult:
     adapter = create_booster(name, seed=config.seed, max_rounds=config.max_rounds,
                              early_stopping=config.early_stopping, n_rows=len(tuning[0].fit_rows))  # fmt: skip
-    study = open_study(
-        storage, study_name(data.dataset, name, _feature_key(feature_set)), config.seed
-    )
+    full_name = study_name(data.dataset, name, _feature_key(feature_set))
+    study = open_study(storage, full_name, config.seed, exclusive=config.storage is None)
     run_study(study, make_objective(adapter, tuning, feature_set), config.n_trials, config.timeout)
-    params, tuning_auc = best_params(study, adapter)
-    result = cross_validate(adapter, evaluation, params)
-    return ModelResult(name, study.study_name, params, tuning_auc, len(study.trials), result)
+    choice = best_choice(study, adapter)
+    iterations = (
+        choice.best_iterations or cross_validate(adapter, tuning, choice.params).best_iterations
+    )
+    n_rounds = max(1, round(float(np.median(iterations))))
+    result = cross_validate(adapter, evaluation, choice.params, n_rounds=n_rounds)
+    return ModelResult(
+        name,
+        study.study_name,
+        choice.params,
+        choice.tuning_auc,
+        len(study.trials),
+        result,
+        n_rounds,
+    )
 
 
 def _metrics(
@@ -185,7 +197,7 @@ def _metrics(
         )
         per_model[model.name] = {
             "oof_auc": model.oof_auc, "oof_auc_ci95": list(model.ci95), "tuning_auc": model.tuning_auc,
-            "fold_aucs": model.cv.fold_aucs, "best_iterations": model.cv.best_iterations,
+            "fold_aucs": model.cv.fold_aucs, "n_rounds": model.n_rounds,
             "params": model.params, "study": model.study, "n_trials_in_study": model.n_trials,
         }  # fmt: skip
     blend = rank_blend(*[m.cv.oof for m in models])
@@ -246,7 +258,7 @@ def _auc_without_acquisition(
     for model in models:
         adapter = create_booster(model.name, seed=config.seed, max_rounds=config.max_rounds,
                                  early_stopping=config.early_stopping, n_rows=len(folds[0].fit_rows))  # fmt: skip
-        preds.append(cross_validate(adapter, folds, model.params).oof)
+        preds.append(cross_validate(adapter, folds, model.params, n_rounds=model.n_rounds).oof)
     target = data.frame["target"].to_numpy(dtype=np.int64, na_value=-1)[oof_rows(folds)]
     return auc(target, rank_blend(*preds))
 

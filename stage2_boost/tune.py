@@ -6,6 +6,7 @@ import logging
 import re
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
@@ -45,11 +46,20 @@ def study_name(dataset: str, model: str, feature_key: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+,=-]+", "-", f"{dataset}.{model}.{feature_key}")
 
 
-def open_study(storage: optuna.storages.BaseStorage, name: str, seed: int) -> optuna.Study:
-    """Create or resume ``name``; the sampler seed moves on with the finished trial count."""
+def open_study(
+    storage: optuna.storages.BaseStorage, name: str, seed: int, exclusive: bool = False
+) -> optuna.Study:
+    """Create or resume ``name``; the sampler seed moves on with the trial count.
+
+    ``exclusive`` says no other process can be using the storage (the default SQLite file under a
+    locked output folder): trials still RUNNING were then interrupted, and are marked FAIL now
+    rather than after the heartbeat grace period.
+    """
     try:
         existing = optuna.load_study(study_name=name, storage=storage)
         n_done = len(existing.trials)
+        if exclusive:
+            fail_interrupted_trials(existing)
     except KeyError:
         n_done = 0
     sampler = optuna.samplers.TPESampler(seed=seed + n_done, multivariate=True)
@@ -58,6 +68,19 @@ def open_study(storage: optuna.storages.BaseStorage, name: str, seed: int) -> op
         study_name=name, storage=storage, sampler=sampler, pruner=pruner,
         direction="maximize", load_if_exists=True,
     )  # fmt: skip
+
+
+def fail_interrupted_trials(study: optuna.Study) -> int:
+    """Mark trials left RUNNING by a killed process as FAIL; returns how many."""
+    stale = [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    for trial in stale:
+        study._storage.set_trial_system_attr(
+            trial._trial_id, "fail_reason", "interrupted (process killed)"
+        )
+        study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+    if stale:
+        logger.warning("%s: %d interrupted trial(s) marked failed", study.study_name, len(stale))
+    return len(stale)
 
 
 def make_objective(
@@ -108,14 +131,21 @@ def run_study(study: optuna.Study, objective: Any, n_trials: int, timeout: float
     )
 
 
-def best_params(
-    study: optuna.Study, adapter: BoosterAdapter
-) -> tuple[dict[str, Any], float | None]:
-    """The best finished trial's parameters and value, or the adapter's defaults if none."""
-    best = _best_value(study)
-    if best is None:
-        return adapter.default_params(), None
-    return dict(study.best_trial.params), best
+@dataclass(frozen=True)
+class Choice:
+    """What tuning chose: parameters, the study's best CV AUC, the early-stopped rounds per fold."""
+
+    params: dict[str, Any]
+    tuning_auc: float | None  # None: untuned defaults
+    best_iterations: list[int] | None
+
+
+def best_choice(study: optuna.Study, adapter: BoosterAdapter) -> Choice:
+    """The best finished trial, or the adapter's defaults if the study has none."""
+    if _best_value(study) is None:
+        return Choice(adapter.default_params(), None, None)
+    best = study.best_trial
+    return Choice(dict(best.params), best.value, best.user_attrs.get("best_iterations"))
 
 
 def _best_value(study: optuna.Study) -> float | None:

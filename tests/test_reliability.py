@@ -1,0 +1,155 @@
+"""Faults and reproducibility: kills, full disks, concurrent runs, identical reruns, no secrets."""
+
+from __future__ import annotations
+
+import errno
+import json
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from filelock import FileLock
+
+from stage1_embed import atomic
+from stage1_embed.config import Stage1Config
+from stage1_embed.errors import OutputError
+from stage1_embed.pipeline import run_stage1
+from stage1_embed.schema import read_embeddings
+from stage2_boost.config import Stage2Config
+from stage2_boost.train import run_training
+from tests.conftest import REPO, WEIGHTS, require
+from tests.stage2.helpers import make_embeddings, synthetic_manifest, write_stage1
+
+FAST = {
+    "n_trials": 2,
+    "max_rounds": 200,
+    "early_stopping": 20,
+    "n_bootstrap": 100,
+    "n_folds": 3,
+    "report": False,
+}
+
+
+@pytest.fixture
+def features(tmp_path: Path) -> Path:
+    manifest = synthetic_manifest()
+    return write_stage1(tmp_path / "features", manifest, {"bb": make_embeddings(manifest)})
+
+
+def test_atomic_write_leaves_the_old_file_when_the_disk_is_full(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "metrics.json"
+    target.write_text("old")
+
+    def full_disk(*_: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic.os, "replace", full_disk)
+    with pytest.raises(OutputError, match=r"disk is full.*Previous outputs were left untouched"):
+        atomic.atomic_write_text(target, "new")
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_stage2_on_a_full_disk_keeps_the_previous_outputs(
+    features: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = Stage2Config(features_dir=features, n_components=4, **FAST)
+    run_training(config)
+    out = config.stage2_dir
+    before = {
+        p.name: p.read_bytes()
+        for p in out.iterdir()
+        if p.is_file() and p.suffix in (".json", ".parquet", ".csv")
+    }
+    monkeypatch.setattr(
+        atomic.os, "replace", lambda *_: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full"))
+    )
+    with pytest.raises(OutputError, match="disk is full"):
+        run_training(replace(config, n_trials=0))
+    after = {
+        p.name: p.read_bytes()
+        for p in out.iterdir()
+        if p.is_file() and p.suffix in (".json", ".parquet", ".csv")
+    }
+    assert before == after and not list(out.glob(".*.tmp"))
+
+
+def test_second_stage2_run_on_the_same_folder_is_refused(features: Path) -> None:
+    config = Stage2Config(features_dir=features, **FAST)
+    config.stage2_dir.mkdir(parents=True)
+    with (
+        FileLock(str(config.stage2_dir / ".stage2.lock")),
+        pytest.raises(OutputError, match="Another stage 2 run"),
+    ):
+        run_training(config)
+
+
+def test_storage_password_never_reaches_outputs(features: Path, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    result = run_training(
+        Stage2Config(features_dir=features, storage=url, **{**FAST, "report": True})
+    )
+    assert result.metrics["storage"] == url  # no password to hide; the field is masked by mask_url
+    from stage2_boost.tune import mask_url
+
+    secret = "postgresql://u:hunter2@db/x"
+    assert "hunter2" not in json.dumps(Stage2Config(storage=secret).to_json())
+    assert "hunter2" not in mask_url(secret)
+
+
+def test_stage1_embeddings_are_bit_identical_on_rerun(tiny_dataset: Path, tmp_path: Path) -> None:
+    spec = f"local-dir:{require(WEIGHTS / 'tf_efficientnet_lite0')}"
+    config = Stage1Config(data_dir=tiny_dataset, backbones=(spec,), num_workers=0, progress=False)
+    run_stage1(replace(config, out_dir=tmp_path / "a"))
+    run_stage1(replace(config, out_dir=tmp_path / "b"))
+    a = read_embeddings(tmp_path / "a" / "embeddings" / "tf_efficientnet_lite0.parquet")
+    b = read_embeddings(tmp_path / "b" / "embeddings" / "tf_efficientnet_lite0.parquet")
+    assert a.keys.equals(b.keys) and np.array_equal(a.vectors, b.vectors)
+
+
+@pytest.mark.slow
+def test_killed_study_resumes_and_the_interrupted_trial_is_failed(features: Path) -> None:
+    out = features / "stage2"
+    args = [sys.executable, "-m", "stage2_boost", "train", "--features", str(features), "--folds", "3",
+            "--components", "4", "--models", "lgbm", "--no-report", "--bootstrap", "50"]  # fmt: skip
+    process = subprocess.Popen(
+        [*args, "--trials", "500"], cwd=REPO, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL
+    )
+    storage = f"sqlite:///{out / 'optuna.db'}"
+    deadline, complete = time.time() + 120, 0
+    while time.time() < deadline and complete < 4:
+        time.sleep(0.2)
+        try:
+            studies = optuna.get_all_study_summaries(storage)
+            trials = (
+                optuna.load_study(study_name=studies[0].study_name, storage=storage).trials
+                if studies
+                else []
+            )
+        except Exception:  # the database may not exist yet
+            continue
+        complete = sum(t.state.is_finished() for t in trials)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    name = optuna.get_all_study_summaries(storage)[0].study_name
+    before = optuna.load_study(study_name=name, storage=storage).trials
+    finished_before = sum(t.state.is_finished() for t in before)
+    subprocess.run([*args, "--trials", "2"], cwd=REPO, check=True, capture_output=True)
+    after = optuna.load_study(study_name=name, storage=storage).trials
+    states = [t.state for t in after]
+    assert optuna.trial.TrialState.RUNNING not in states
+    assert len(after) == len(before) + 2
+    assert (
+        sum(t.state.is_finished() and t.state != optuna.trial.TrialState.FAIL for t in after)
+        >= finished_before
+    )
+    interrupted = [t for t in after if t.state == optuna.trial.TrialState.FAIL]
+    assert len(interrupted) == len(before) - finished_before
+    assert all(t.system_attrs.get("fail_reason", "").startswith("interrupted") for t in interrupted)
