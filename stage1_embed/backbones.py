@@ -128,7 +128,7 @@ def create_backbone(
     if input_size:
         data_config["input_size"] = (3, input_size, input_size)
     architecture = getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__
-    return Backbone(spec, model, data_config, weights, architecture, int(model.num_features))
+    return Backbone(spec, model, data_config, weights, architecture, int(model.num_features))  # type: ignore[arg-type]
 
 
 def _random_name(spec: BackboneSpec) -> str:

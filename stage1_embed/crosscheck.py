@@ -30,12 +30,12 @@ CODED_FIELDS = {
 
 @dataclass
 class Disagreement:
-    field: str
+    column: str
     count: int
     examples: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
-        return f"{self.field}: {self.count} image(s) disagree with the CSV, e.g. {self.examples}"
+        return f"{self.column}: {self.count} image(s) disagree with the CSV, e.g. {self.examples}"
 
 
 def cross_check(

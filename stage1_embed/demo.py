@@ -124,7 +124,7 @@ def _like_style(rng: np.random.Generator, style: Lesion) -> Lesion:
         irregularity=float(np.clip(style.irregularity + rng.normal(0, 0.02), 0, 0.35)),
         asymmetry=float(np.clip(style.asymmetry + rng.normal(0, 0.04), 0, 0.6)),
         variegation=float(np.clip(style.variegation + rng.normal(0, 0.05), 0, 1)),
-        colour=tuple(np.clip(np.array(style.colour) + jitter, 0.05, 0.9)),  # type: ignore[arg-type]
+        colour=tuple(np.clip(np.array(style.colour) + jitter, 0.05, 0.9)),
         angle=float(rng.uniform(0, np.pi)),
     )
 

@@ -105,12 +105,12 @@ def _tf_features(row: Mapping, jpeg: bytes, split: str, patient_code: int) -> di
         "image": (jpeg, "byte"),
         "image_name": (str(row["image_name"]).encode(), "byte"),
         "patient_id": (patient_code, "int"),
-        "sex": (SEX_CODES.get(row.get("sex"), -1), "int"),  # type: ignore[arg-type]
+        "sex": (SEX_CODES.get(str(row.get("sex")), -1), "int"),
         "age_approx": (int(row["age_approx"]) if pd.notna(row.get("age_approx")) else -1, "int"),
         "anatom_site_general_challenge": (
-            SITE_CODES.get(row.get("anatom_site_general_challenge"), -1),
+            SITE_CODES.get(str(row.get("anatom_site_general_challenge")), -1),
             "int",
-        ),  # type: ignore[arg-type]
+        ),
     }
     if split == "train":
         features["target"] = (int(row["target"]), "int")

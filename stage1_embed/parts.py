@@ -57,7 +57,7 @@ class PartsFolder:
     def failures(self) -> list[Failure]:
         found: list[Failure] = []
         for chunk in range(self.n_chunks):
-            found += [tuple(f) for f in read_provenance(self.part_path(chunk))["failures"]]  # type: ignore[misc]
+            found += [tuple(f) for f in read_provenance(self.part_path(chunk))["failures"]]
         return found
 
     def assemble(self, target: Path, provenance: dict[str, Any]) -> None:

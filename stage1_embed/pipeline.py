@@ -177,7 +177,7 @@ def _check_failure_limit(failures: dict[tuple[str, str], str], limit: int, out: 
 
 def _save_cross_check(scan: ScanResult, out: Path) -> None:
     found = [
-        {"field": d.field, "count": d.count, "examples": d.examples} for d in scan.disagreements
+        {"column": d.column, "count": d.count, "examples": d.examples} for d in scan.disagreements
     ]
     atomic_write_text(out / "metadata_check.json", json.dumps(found, indent=2))
 

@@ -110,7 +110,7 @@ def embed_backbone(
         logger.info("%s: embeddings are up to date, skipping", slug)
         cached = read_provenance(final)
         failures = [tuple(f) for f in cached.get("failures", [])]
-        return BackboneResult(slug, "cached", 0, 0.0, settings.device, failures, None, cached)  # type: ignore[arg-type]
+        return BackboneResult(slug, "cached", 0, 0.0, settings.device, failures, None, cached)
     chunks = plan_batches(len(refs), settings.chunk_size, settings.batch_size)
     parts = PartsFolder(
         Path(features_dir)

@@ -172,7 +172,7 @@ def convert_lite_checkpoint(arch: str, pth_path: Path, folder: Path) -> Path:
     from safetensors.torch import save_file
 
     logger.info("converting %s to timm %s (cached in %s)", pth_path.name, arch, folder)
-    model = timm.create_model(arch, pretrained=False)
+    model: Any = timm.create_model(arch, pretrained=False)
     source = torch.load(pth_path, map_location="cpu", weights_only=True)
     converted = _rename_in_order(source, model.state_dict(), pth_path, arch)
     with atomic_path(folder / "model.safetensors") as tmp:

@@ -85,7 +85,8 @@ def prepare_folds(
         )
         matrices = build_features(make_groups(), data, np.concatenate([fit, stop]), row_sets)
         X_test = matrices[3] if len(matrices) > 3 else None
-        out.append(FoldMatrices(fold, fit, stop, valid, *matrices[:3], X_test,
+        X_fit, X_stop, X_valid = matrices[:3]
+        out.append(FoldMatrices(fold, fit, stop, valid, X_fit, X_stop, X_valid, X_test,
                                 target[fit], target[stop], target[valid]))  # fmt: skip
     return out
 

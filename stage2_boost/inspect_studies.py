@@ -43,7 +43,7 @@ def study_table(storage: Any) -> pd.DataFrame:
             "study": summary.study_name, "complete": int(counts.get(States.COMPLETE, 0)),
             "pruned": int(counts.get(States.PRUNED, 0)), "failed": int(counts.get(States.FAIL, 0)),
             "running": int(counts.get(States.RUNNING, 0)),
-            "best": round(summary.best_trial.value, 4) if summary.best_trial else None,
+            "best": round(summary.best_trial.value, 4) if summary.best_trial and summary.best_trial.value is not None else None,
             "last trial": max(starts).strftime("%Y-%m-%d %H:%M") if starts else "-",
         })  # fmt: skip
     return pd.DataFrame(rows)
@@ -97,7 +97,7 @@ def save_study_plots(study: optuna.Study, folder: Path, top_params: list[str]) -
     paths = []
     for kind, make in plots.items():
         axes = make()
-        figure = axes.flat[0].figure if hasattr(axes, "flat") else axes.figure
+        figure: Any = axes.flat[0].figure if hasattr(axes, "flat") else axes.figure
         path = folder / f"{study.study_name}.{kind}.png"
         figure.savefig(path, dpi=100, bbox_inches="tight")
         plt.close(figure)

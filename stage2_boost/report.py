@@ -83,7 +83,7 @@ def _fold_plot(metrics: dict[str, Any]) -> plt.Figure:
     ax.set(xlabel="fold", ylabel="AUC", title="AUC per evaluation fold", ylim=(0.4, 1.0))
     ax.set_xticks(
         np.arange(len(metrics["fold_aucs"])) + width * (len(names) - 1) / 2,
-        range(len(metrics["fold_aucs"])),
+        [str(k) for k in range(len(metrics["fold_aucs"]))],
     )
     ax.axhline(0.5, c="grey", ls=":")
     ax.legend(fontsize=8)

@@ -280,7 +280,7 @@ def _write_outputs(
     write_parquet(oof, out / "oof.parquet")
     if models[0].cv.test_pred is not None:
         test_rows = data.split_index("test")
-        tests = {m.name: m.cv.test_pred for m in models}
+        tests = {m.name: m.cv.test_pred for m in models if m.cv.test_pred is not None}
         test_pred = pd.DataFrame({"image_name": frame["image_name"].to_numpy()[test_rows], **tests,
                                   "blend": rank_blend(*tests.values())})  # fmt: skip
         write_parquet(test_pred, out / "test_pred.parquet")

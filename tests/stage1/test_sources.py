@@ -112,7 +112,7 @@ def test_dicom_header_disagreement_is_reported(
     write_dicom(path, jpeg, row)
     with caplog.at_level(logging.WARNING):
         scan = scan_dataset(table, create_source(tiny_dataset, image_format="dicom"))
-    assert [(d.field, d.count) for d in scan.disagreements] == [("sex", 1)]
+    assert [(d.column, d.count) for d in scan.disagreements] == [("sex", 1)]
     assert row["image_name"] in scan.disagreements[0].examples[0] and "cross-check" in caplog.text
 
 
@@ -124,7 +124,7 @@ def test_tfrecord_target_disagreement_is_reported(tiny_dataset: Path) -> None:
         load_metadata(tiny_dataset / "train.csv"),
         create_source(tiny_dataset, image_format="tfrecord"),
     )
-    assert ("target", 1) in [(d.field, d.count) for d in scan.disagreements]
+    assert ("target", 1) in [(d.column, d.count) for d in scan.disagreements]
 
 
 def test_dicom_without_pixel_data(tiny_dataset: Path) -> None:

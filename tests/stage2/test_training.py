@@ -71,7 +71,9 @@ def test_every_adapter_fits_and_predicts_probabilities(name: str) -> None:
         "c",
     } and "a" in adapter.gain_importance(fitted)
     fixed = adapter.fit(adapter.prepare(X[:500], y[:500]), adapter.default_params(), n_rounds=25)
-    assert fixed.best_iteration == 25 and roc_auc_score(y[500:], adapter.predict(fixed, X[500:])) > 0.9
+    assert (
+        fixed.best_iteration == 25 and roc_auc_score(y[500:], adapter.predict(fixed, X[500:])) > 0.9
+    )
     params = adapter.suggest_params(optuna.trial.FixedTrial(adapter.default_params()))
     assert params == adapter.default_params()
 
