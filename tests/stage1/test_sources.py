@@ -225,3 +225,31 @@ def test_real_jpegs_scan(isic_layout: Path) -> None:
     scan = scan_dataset(table, create_source(isic_layout))
     assert len(scan.refs) == 1847 and int(table["target"].sum()) == 27
     assert scan.manifest["file_size"].gt(0).all()
+
+
+def test_tfrecord_without_image(tmp_path: Path) -> None:
+    from tfrecord.writer import TFRecordWriter
+
+    (tmp_path / "tfrecords").mkdir()
+    writer = TFRecordWriter(str(tmp_path / "tfrecords" / "train00-1.tfrec"))
+    writer.write({"image_name": (b"A", "byte"), "target": (0, "int")})
+    writer.close()
+    pd.DataFrame([{"image_name": "A", "patient_id": "P", "sex": "male", "age_approx": 40,
+                   "anatom_site_general_challenge": "torso", "target": 0}]).to_csv(tmp_path / "train.csv", index=False)  # fmt: skip
+    with pytest.raises(DataError, match="no bytes feature 'image'"):
+        scan_dataset(load_metadata(tmp_path / "train.csv"), create_source(tmp_path))
+
+
+def test_tfrecord_names_are_never_paths(tiny_dataset: Path) -> None:
+    """A record named like a path is matched against CSV names only, never joined to a folder."""
+    from tfrecord.writer import TFRecordWriter
+
+    jpeg = (tiny_dataset / "jpeg" / "train" / "IMG_0000.jpg").read_bytes()
+    writer = TFRecordWriter(str(tiny_dataset / "tfrecords" / "train99-1.tfrec"))
+    writer.write({"image": (jpeg, "byte"), "image_name": (b"../../etc/passwd", "byte")})
+    writer.close()
+    scan = scan_dataset(
+        load_metadata(tiny_dataset / "train.csv"),
+        create_source(tiny_dataset, image_format="tfrecord"),
+    )
+    assert all(".." not in name for _, name in scan.refs) and len(scan.refs) == 12
