@@ -49,6 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--input-size", type=int, help="override the backbone's input size (e.g. 384)")
     p.add_argument(
+        "--crop-pct",
+        type=float,
+        help="fraction the centre crop keeps (timm crop_pct; 1.0 keeps all)",
+    )
+    p.add_argument(
+        "--crop-mode",
+        choices=["center", "squash", "border"],
+        help="timm crop_mode (default: the model's own)",
+    )
+    p.add_argument(
         "--tta", default="", help=f"comma-separated extra views averaged in: {','.join(TTA_VIEWS)}"
     )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -95,6 +105,8 @@ def config_from_args(args: argparse.Namespace) -> Stage1Config:
         allow_random_init=args.allow_random_init,
         random_init=args.random_init,
         input_size=args.input_size,
+        crop_pct=args.crop_pct,
+        crop_mode=args.crop_mode,
         tta=tta,
         device=args.device,
         precision=args.precision,

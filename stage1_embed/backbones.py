@@ -103,6 +103,8 @@ def create_backbone(
     allow_random: bool = False,
     random_init: bool = False,
     input_size: int | None = None,
+    crop_pct: float | None = None,
+    crop_mode: str | None = None,
 ) -> Backbone:
     """Build ``spec`` with ``num_classes=0`` (pooled pre-logits) in eval mode."""
     import timm
@@ -127,6 +129,10 @@ def create_backbone(
     data_config = timm.data.resolve_model_data_config(model)
     if input_size:
         data_config["input_size"] = (3, input_size, input_size)
+    if crop_pct:
+        data_config["crop_pct"] = crop_pct
+    if crop_mode:
+        data_config["crop_mode"] = crop_mode
     architecture = getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__
     return Backbone(spec, model, data_config, weights, architecture, int(model.num_features))  # type: ignore[arg-type]
 

@@ -27,6 +27,8 @@ class Stage1Config:
     allow_random_init: bool = False
     random_init: bool = False
     input_size: int | None = None
+    crop_pct: float | None = None
+    crop_mode: str | None = None
     tta: tuple[str, ...] = ()
     device: str = "auto"
     precision: str = "auto"
@@ -52,6 +54,10 @@ class Stage1Config:
             raise ConfigError(f"--device {self.device!r}: use auto, cpu, cuda or cuda:N.")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ConfigError(f"--precision {self.precision!r}: use auto, fp32, bf16 or fp16.")
+        if self.crop_mode not in (None, "center", "squash", "border"):
+            raise ConfigError(f"--crop-mode {self.crop_mode!r}: use center, squash or border.")
+        if self.crop_pct is not None and not 0.1 <= self.crop_pct <= 1.0:
+            raise ConfigError(f"--crop-pct {self.crop_pct}: use a fraction in (0.1, 1].")
         if self.max_failures < 0:
             raise ConfigError("--max-failures must be 0 or more.")
 

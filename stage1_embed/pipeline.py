@@ -82,6 +82,8 @@ def _run_locked(config: Stage1Config, out: Path) -> Stage1Summary:
             allow_random=config.allow_random_init,
             random_init=config.random_init,
             input_size=config.input_size,
+            crop_pct=config.crop_pct,
+            crop_mode=config.crop_mode,
         )
         summary.results.append(embed_backbone(backbone, source, refs, out, fingerprint, settings))
     failures = _all_failures(scan, summary.results)

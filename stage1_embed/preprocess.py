@@ -16,21 +16,30 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
+CROP_MODES = ("center", "squash", "border")
+
 
 @dataclass(frozen=True)
 class Preprocess:
-    """Shorter side -> ``scale_size``, centre crop ``size`` x ``size``, uint8 CHW tensor."""
+    """timm's eval transform with uint8 output. ``crop_mode`` as in timm: 'center' resizes the
+    shorter side to ``scale_size`` and crops the centre; 'squash' resizes to a square (aspect not
+    kept, nothing cut off); 'border' fits the longer side and pads the rest with black."""
 
     size: int
     scale_size: int
     interpolation: str
+    crop_mode: str = "center"
 
     @classmethod
     def from_data_config(cls, data_config: dict[str, Any]) -> Preprocess:
         size = int(data_config["input_size"][-1])
         crop_pct = float(data_config.get("crop_pct") or 1.0)
+        interpolation = str(data_config.get("interpolation", "bicubic"))
         return cls(
-            size, math.floor(size / crop_pct), str(data_config.get("interpolation", "bicubic"))
+            size,
+            math.floor(size / crop_pct),
+            interpolation,
+            str(data_config.get("crop_mode") or "center"),
         )
 
     @property
@@ -40,5 +49,12 @@ class Preprocess:
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         mode = InterpolationMode(self.interpolation)
-        resized = F.resize(image, [self.scale_size], interpolation=mode, antialias=True)
+        if self.crop_mode == "squash":
+            target = [self.scale_size, self.scale_size]
+        elif self.crop_mode == "border":
+            scale = self.scale_size / max(image.size)
+            target = [max(1, round(image.height * scale)), max(1, round(image.width * scale))]
+        else:
+            target = [self.scale_size]
+        resized = F.resize(image, target, interpolation=mode, antialias=True)
         return F.pil_to_tensor(F.center_crop(resized, [self.size, self.size]))

@@ -161,14 +161,16 @@ def _markdown(metrics: dict[str, Any], subgroups: pd.DataFrame) -> str:
         f"Dataset **{metrics['dataset']}**: {metrics['n_train']} training images, {metrics['n_pos']} malignant, "
         f"{metrics['n_patients']} patients; {metrics['n_test']} test images.", "",
         f"**OOF AUC (blend): {metrics['oof_auc']:.4f}** (95% CI {metrics['oof_auc_ci95'][0]:.4f}–"
-        f"{metrics['oof_auc_ci95'][1]:.4f}, patient bootstrap), measured on folds with seed "
-        f"{metrics['folds']['eval_seed']} that tuning never saw. Best tuning CV AUC: {metrics['tuning_auc']}.", "",
-        "| model | OOF AUC | 95% CI | tuning AUC | trials in study | study |", "| --- | --- | --- | --- | --- | --- |",
+        f"{metrics['oof_auc_ci95'][1]:.4f}, patient bootstrap), measured by refitting the chosen "
+        f"parameters on a fold split (seed {metrics['folds']['eval_seed']}) other than the one they were "
+        f"tuned on (seed {metrics['folds']['tuning_seed']}). The best tuning CV AUC, which selection "
+        f"flatters, was {_fmt(metrics['tuning_auc'])}.", "",
+        "| model | OOF AUC | 95% CI | tuning AUC | rounds | trials in study | study |", "| --- | --- | --- | --- | --- | --- | --- |",
     ]  # fmt: skip
     for name, m in metrics["models"].items():
         tuning = f"{m['tuning_auc']:.4f}" if m["tuning_auc"] is not None else "untuned"
         lines.append(f"| {name} | {m['oof_auc']:.4f} | {m['oof_auc_ci95'][0]:.4f}–{m['oof_auc_ci95'][1]:.4f} | "
-                     f"{tuning} | {m['n_trials_in_study']} | `{m['study']}` |")  # fmt: skip
+                     f"{tuning} | {m['n_rounds']} | {m['n_trials_in_study']} | `{m['study']}` |")  # fmt: skip
     if "oof_auc_without_acquisition" in metrics:
         lines += [
             "",
@@ -185,3 +187,7 @@ def _markdown(metrics: dict[str, Any], subgroups: pd.DataFrame) -> str:
                      f"{(p.get('preprocessing') or {}).get('input_size')}, TTA {p.get('tta_views')}")  # fmt: skip
     lines += ["", "Config:", "", "```json", json.dumps(metrics["config"], indent=2), "```", ""]
     return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    return "untuned" if value is None else f"{value:.4f}"

@@ -163,5 +163,7 @@ def test_stage2_refuses_features_made_from_an_older_csv(tiny_dataset: Path, tmp_
     load_stage_data(tmp_path / "out", None)
     csv = tiny_dataset / "train.csv"
     csv.write_text(csv.read_text().replace("torso", "head/neck", 1))
-    with pytest.raises(ContractError, match=r"has changed since stage 1.*features are stale.*--stage 1"):
+    with pytest.raises(
+        ContractError, match=r"has changed since stage 1.*features are stale.*--stage 1"
+    ):
         load_stage_data(tmp_path / "out", None)

@@ -76,3 +76,19 @@ def test_draft_mode_decodes_large_jpeg_at_reduced_size() -> None:
     decoded = decode_image_bytes(big, min_side=256)
     assert (decoded.original_width, decoded.original_height) == (4000, 3000)
     assert 256 <= min(decoded.image.size) < 750  # 1/8 scale: 500x375
+
+
+@pytest.mark.parametrize(
+    ("mode", "kept_columns"), [("center", False), ("squash", True), ("border", True)]
+)
+def test_crop_modes_follow_timm(mode: str, kept_columns: bool) -> None:
+    """A 2:1 image with coloured left/right edges: 'center' cuts the edges off, the others keep them."""
+    from stage1_embed.preprocess import Preprocess
+
+    pixels = np.full((100, 200, 3), 128, np.uint8)
+    pixels[:, :10] = (255, 0, 0)
+    pixels[:, -10:] = (0, 0, 255)
+    out = Preprocess(64, 64, "bilinear", mode)(Image.fromarray(pixels)).numpy()
+    assert out.shape == (3, 64, 64)
+    red_seen = (out[0] > 200).any() and (out[2] < 50).any()
+    assert red_seen == kept_columns
