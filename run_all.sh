@@ -16,8 +16,8 @@ Usage: ./run_all.sh [options]
                       local-dir:/path), or 'none' for metadata only;
                       default: tf_efficientnet_lite0,tf_efficientnet_lite1,tf_efficientnet_lite2
   --trials N          Optuna trials added to each model's study this run (default 20)
-  --features GROUPS   stage-2 feature groups: metadata,patient,embedding,ugly-duckling,acquisition
-                      (default: all but acquisition)
+  --features GROUPS   stage-2 feature groups: metadata,patient,embedding,probe,ugly-duckling,
+                      acquisition (default: all but acquisition)
   --timeout S         seconds of tuning per model
   --storage URL       Optuna storage (default sqlite:///OUT/stage2/optuna.db); a PostgreSQL/MySQL URL
                       lets several workers share one study

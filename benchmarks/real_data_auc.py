@@ -12,6 +12,7 @@ Stage 1 outputs are cached under --work, so a rerun only repeats stage 2.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -45,7 +46,9 @@ def stage1(data: Path, out: Path, backbones: tuple[str, ...], **kwargs) -> Path:
     return out
 
 
-def stacker(features: Path, name: str, trials: int, groups: tuple[str, ...], backbones=None) -> str:
+def stacker(
+    features: Path, name: str, trials: int, groups: tuple[str, ...] | None, backbones=None
+) -> str:
     config = Stage2Config(features_dir=features, out_dir=features / f"stage2-{name}", feature_groups=groups,
                           backbones=backbones, n_trials=trials, report=True)  # fmt: skip
     m = run_training(config).metrics
@@ -78,6 +81,7 @@ def main() -> None:
     parser.add_argument("--only", choices=["metadata", "ham", "isic"])
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     print(f"machine: {machine()}; {args.trials} trials per model")
     if args.only in (None, "metadata"):
         meta = stage1(
@@ -94,33 +98,28 @@ def main() -> None:
         )
     if args.only in (None, "ham"):
         ham = stage1(require_shared(HAM), args.work / "ham", BACKBONES)
-        print("(2) HAM10000 half (3,008 images, 307 melanoma; one image per patient)")
-        print(
-            f"    logistic regression on lite0 embedding (reference): {logistic_baseline(ham, 'tf_efficientnet_lite0'):.3f}"
-        )
-        print("    metadata only           :", stacker(ham, "meta", args.trials, ("metadata",)))
-        print("    embeddings only (3 CNNs):", stacker(ham, "emb", args.trials, ("embedding",)))
-        print(
-            "    metadata + embeddings   :",
-            stacker(ham, "stack", args.trials, ("metadata", "embedding")),
-        )
+        print("(2) HAM10000 half (3,008 images, 307 melanoma; one image per lesion)")
+        reference = logistic_baseline(ham, "tf_efficientnet_lite0")
+        print(f"    logistic regression on the lite0 embedding (reference): {reference:.3f}")
+        experiments = {
+            "metadata only": ("metadata",),
+            "PCA embeddings (3 CNNs)": ("embedding",),
+            "linear probes (3 CNNs)": ("probe",),
+            "stack: metadata + PCA + probes": ("metadata", "embedding", "probe"),
+        }
+        for i, (name, groups) in enumerate(experiments.items()):
+            print(f"    {name:<32}:", stacker(ham, f"e{i}", args.trials, groups))
     if args.only in (None, "isic"):
-        root = isic_jpeg_layout(args.work / "isic-data")
-        isic = stage1(root, args.work / "isic", BACKBONES)
+        isic = stage1(isic_jpeg_layout(args.work / "isic-data"), args.work / "isic", BACKBONES)
         print("(3) real ISIC 2020 JPEGs (1,847 images, 27 malignant, 68 patients)")
-        print(
-            f"    logistic regression on lite0 embedding: {logistic_baseline(isic, 'tf_efficientnet_lite0'):.3f}"
-        )
-        print(
-            "    metadata + patient      :",
-            stacker(isic, "meta", args.trials, ("metadata", "patient")),
-        )
-        print(
-            "    full stack (+emb, +ugly):",
-            stacker(
-                isic, "stack", args.trials, ("metadata", "patient", "embedding", "ugly-duckling")
-            ),
-        )
+        reference = logistic_baseline(isic, "tf_efficientnet_lite0")
+        print(f"    logistic regression on the lite0 embedding: {reference:.3f}")
+        experiments = {
+            "metadata + patient": ("metadata", "patient"),
+            "full stack (default groups)": None,
+        }
+        for i, (name, groups) in enumerate(experiments.items()):
+            print(f"    {name:<32}:", stacker(isic, f"e{i}", args.trials, groups))
 
 
 if __name__ == "__main__":

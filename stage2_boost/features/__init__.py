@@ -14,11 +14,12 @@ from .base import FeatureGroup
 from .embedding import EmbeddingFeatures
 from .metadata import MetadataFeatures
 from .patient import PatientFeatures
+from .probe import LinearProbeFeatures
 from .ugly_duckling import UglyDucklingFeatures
 
-GROUPS = ("metadata", "patient", "embedding", "ugly-duckling", "acquisition")
-DEFAULT_GROUPS = ("metadata", "patient", "embedding", "ugly-duckling")
-IMAGE_GROUPS = frozenset({"embedding", "ugly-duckling"})
+GROUPS = ("metadata", "patient", "embedding", "probe", "ugly-duckling", "acquisition")
+DEFAULT_GROUPS = ("metadata", "patient", "embedding", "probe", "ugly-duckling")
+IMAGE_GROUPS = frozenset({"embedding", "probe", "ugly-duckling"})
 
 
 def parse_groups(text: str) -> tuple[str, ...]:
@@ -45,6 +46,8 @@ def create_feature_groups(
             groups.append(AcquisitionFeatures())
         elif name == "embedding":
             groups += [EmbeddingFeatures(s, reduction, n_components, seed) for s in backbones]
+        elif name == "probe":
+            groups += [LinearProbeFeatures(s, seed) for s in backbones]
         elif name == "ugly-duckling":
             groups += [UglyDucklingFeatures(s) for s in backbones]
     return groups
@@ -69,4 +72,6 @@ def feature_group_of(column: str) -> str:
         return "metadata"
     if prefix in ("patient", "acq"):
         return {"patient": "patient", "acq": "acquisition"}[prefix]
+    if rest == "probe":
+        return "probe"
     return "ugly-duckling" if rest.startswith("ud_") else "embedding"

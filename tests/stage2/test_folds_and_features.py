@@ -134,3 +134,19 @@ def test_single_image_patients_get_missing_ugly_duckling_values(tmp_path: Path) 
     data = load_stage_data(tmp_path, None)
     ud = create_feature_groups(["ugly-duckling"], ["bb"], "pca", 4, 0)[0]
     assert ud.transform(data, np.arange(10)).isna().all().all()
+
+
+def test_probe_scores_training_rows_out_of_fold(tmp_path: Path) -> None:
+    """On pure-noise embeddings an in-sample probe would look perfect; ours stays near chance."""
+    from sklearn.metrics import roc_auc_score
+
+    manifest = synthetic_manifest(n_patients=60, per_patient=4, n_test_patients=0)
+    noise = np.random.default_rng(3).normal(size=(len(manifest), 300)).astype(np.float32)
+    write_stage1(tmp_path, manifest, {"bb": noise})
+    data = load_stage_data(tmp_path, None)
+    rows = data.split_index("train")
+    probe = create_feature_groups(["probe"], ["bb"], "pca", 4, 0)[0].fit(data, rows)
+    y = data.frame["target"].to_numpy(dtype=int, na_value=0)[rows]
+    oof_auc = roc_auc_score(y, probe.transform(data, rows)["bb__probe"])
+    in_sample_auc = roc_auc_score(y, probe.model_.decision_function(noise[rows]))
+    assert in_sample_auc > 0.95 and abs(oof_auc - 0.5) < 0.15
