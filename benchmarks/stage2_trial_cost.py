@@ -109,6 +109,12 @@ def main() -> None:
             ["metadata", "patient", "embedding"],
             args.trials,
         )
+        measure(
+            "(c) + a linear probe per backbone",
+            data,
+            ["metadata", "patient", "embedding", "probe"],
+            args.trials,
+        )
 
 
 if __name__ == "__main__":
