@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,8 @@ def run_stage1(config: Stage1Config) -> Stage1Summary:
 
 def _run_locked(config: Stage1Config, out: Path) -> Stage1Summary:
     specs = [parse_backbone_spec(text) for text in config.backbones]  # bad specs fail first
+    resolved = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}
+    atomic_write_text(out / "stage1_config.json", json.dumps(resolved, indent=2))
     table = load_metadata(config.train_csv_path, config.test_csv_path)
     if not specs:
         scan = metadata_only_manifest(table)

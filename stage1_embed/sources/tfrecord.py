@@ -17,7 +17,7 @@ from PIL import Image
 from tfrecord import example_pb2
 from tfrecord.writer import TFRecordWriter
 
-from ..decode import DecodedImage, check_pixel_limit, decode_image_bytes
+from ..decode import DEFAULT_MAX_PIXELS, DecodedImage, check_pixel_limit, decode_image_bytes
 from ..errors import DataError, ImageReadError
 from .base import SHARD_KEY, ImageKey, ImageRef, ImageSource, ProbeResult
 
@@ -28,7 +28,7 @@ _HEADER = 12  # uint64 length + uint32 masked crc of the length
 class TFRecordSource(ImageSource):
     format_name = "tfrecord"
 
-    def __init__(self, root: Path, max_pixels: int = 150_000_000) -> None:
+    def __init__(self, root: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         super().__init__(root, max_pixels)
         self._probes: dict[ImageKey, ProbeResult | ImageReadError] = {}
 
