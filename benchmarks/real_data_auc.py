@@ -31,6 +31,7 @@ from stage1_embed.config import Stage1Config
 from stage1_embed.pipeline import run_stage1
 from stage2_boost.config import Stage2Config
 from stage2_boost.data import load_stage_data
+from stage2_boost.features.ugly_duckling import UglyDucklingFeatures
 from stage2_boost.train import run_training
 
 BACKBONES = tuple(
@@ -74,6 +75,13 @@ def logistic_baseline(features: Path, slug: str, seed: int = 42) -> float:
     return float(roc_auc_score(y, oof))
 
 
+def duckling_auc(features: Path, slug: str) -> float:
+    """AUC of the within-patient distance z-score by itself (label-free, nothing fitted)."""
+    data = load_stage_data(features, [slug])
+    z = UglyDucklingFeatures(slug).compute(data)[f"{slug}__ud_dist_z"].fillna(0)
+    return float(roc_auc_score(data.frame["target"].to_numpy(dtype=int, na_value=0), z))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/melanoma-bench"))
@@ -114,6 +122,9 @@ def main() -> None:
         print("(3) real ISIC 2020 JPEGs (1,847 images, 27 malignant, 68 patients)")
         reference = logistic_baseline(isic, "tf_efficientnet_lite0")
         print(f"    logistic regression on the lite0 embedding: {reference:.3f}")
+        print(
+            f"    ugly-duckling z-score alone, no training (lite0): {duckling_auc(isic, 'tf_efficientnet_lite0'):.3f}"
+        )
         experiments = {
             "metadata + patient": ("metadata", "patient"),
             "full stack (default groups)": None,
