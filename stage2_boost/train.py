@@ -120,6 +120,7 @@ def _train_locked(config: Stage2Config, out: Path) -> RunResult:
     tuning = prepare_folds(data, train_rows, folds, make_groups, config.seed)
     evaluation = prepare_folds(data, train_rows, eval_folds, make_groups, eval_seed, test_rows)
     feature_set = _feature_set(config, groups, backbones, evaluation[0].X_fit.columns)
+    _warn_if_too_few_positives(feature_set["n_features"], int(train["target"].sum()))
     storage = open_storage(config.storage_url)
     models = [
         _tune_and_evaluate(name, config, data, tuning, evaluation, storage, feature_set)
@@ -133,6 +134,16 @@ def _train_locked(config: Stage2Config, out: Path) -> RunResult:
     metrics["seconds"] = round(time.perf_counter() - started, 1)
     _write_outputs(out, data, models, evaluation, metrics, config)
     return RunResult(run_id, metrics, out, models)
+
+
+def _warn_if_too_few_positives(n_features: int, n_pos: int) -> None:
+    """Many features against few malignant images is where stacking overfits (seen on 27)."""
+    if n_features > n_pos:
+        logger.warning(
+            "%d features but only %d malignant training images: expect the tuning AUC to be "
+            "optimistic and image features to overfit. Consider --components 4-8 or fewer groups "
+            "(e.g. --groups metadata,patient,ugly-duckling).", n_features, n_pos,
+        )  # fmt: skip
 
 
 def _feature_set(
