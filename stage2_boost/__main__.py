@@ -22,7 +22,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--groups", help=f"comma-separated feature groups from {','.join(GROUPS)}")
     t.add_argument("--backbones", help="comma-separated embedding slugs (default: all present)")
     t.add_argument("--reduction", default="pca", choices=["pca", "raw"])
-    t.add_argument("--components", type=int, default=32, help="PCA components per backbone")
+    t.add_argument(
+        "--components",
+        type=int,
+        help="PCA components per backbone (default: from the malignant count, 4-32)",
+    )
     t.add_argument(
         "--models", default="lgbm,xgb", help=f"comma-separated from {','.join(BOOSTERS)}"
     )

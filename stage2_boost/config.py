@@ -18,7 +18,7 @@ class Stage2Config:
     feature_groups: tuple[str, ...] | None = None  # None: every applicable default group
     backbones: tuple[str, ...] | None = None  # None: every embedding file present
     reduction: str = "pca"
-    n_components: int = 32
+    n_components: int | None = None  # None: auto_components (from the malignant count)
     models: tuple[str, ...] = ("lgbm", "xgb")
     n_folds: int = 5
     seed: int = 42
@@ -44,7 +44,7 @@ class Stage2Config:
                 )
         if self.n_folds < 2:
             raise ConfigError("--folds must be at least 2.")
-        if self.n_trials < 0 or self.n_components < 1:
+        if self.n_trials < 0 or (self.n_components is not None and self.n_components < 1):
             raise ConfigError("--trials must be >= 0 and --components >= 1.")
 
     @property
