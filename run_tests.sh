@@ -1,12 +1,9 @@
 #!/usr/bin/env bash
-# Run the test suite (sets up .venv on first use). Extra arguments go to pytest, e.g.
-#   ./run_tests.sh -m slow        # the slow integration, fault and end-to-end tests
-#   ./run_tests.sh -m ""          # everything
+# Run the whole test suite (sets up .venv on first use). Extra arguments go to pytest, e.g.
+#   ./run_tests.sh -m "not slow"  # skip the kill-and-resume, smoke and full-train.csv tests
+#   ./run_tests.sh tests/stage2   # one folder
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/ensure_venv.sh
 export HF_HUB_OFFLINE=1
-if [ $# -eq 0 ]; then
-  set -- -m "not slow"
-fi
 exec python -m pytest "$@"

@@ -191,12 +191,13 @@ def _save_cross_check(scan: ScanResult, out: Path) -> None:
 def format_summary(summary: Stage1Summary) -> str:
     """The end-of-run table: backbone, images, failures, seconds, images/s, device, status."""
     lines = [
-        f"{'backbone':<32} {'images':>7} {'failures':>8} {'seconds':>8} {'img/s':>7}  device  status"
+        f"{'backbone':<32} {'embedded':>8} {'failures':>8} {'seconds':>8} {'img/s':>7}  device  status"
     ]
     for r in summary.results:
+        speed = f"{r.images_per_second:>7.1f}" if r.n_images else f"{'-':>7}"
         lines.append(
-            f"{r.slug:<32} {r.n_images:>7} {len(r.failures):>8} {r.seconds:>8.1f} "
-            f"{r.images_per_second:>7.1f}  {r.device:<6}  {r.status}"
+            f"{r.slug:<32} {r.n_images:>8} {len(r.failures):>8} {r.seconds:>8.1f} "
+            f"{speed}  {r.device:<6}  {r.status}"
         )
     lines.append(
         f"features: {summary.out_dir} ({summary.n_images} images, {summary.n_failures} unreadable)"
