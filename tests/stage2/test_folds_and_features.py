@@ -150,3 +150,13 @@ def test_probe_scores_training_rows_out_of_fold(tmp_path: Path) -> None:
     oof_auc = roc_auc_score(y, probe.transform(data, rows)["bb__probe"])
     in_sample_auc = roc_auc_score(y, probe.model_.decision_function(noise[rows]))
     assert in_sample_auc > 0.95 and abs(oof_auc - 0.5) < 0.15
+
+
+def test_importing_stage2_does_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, stage2_boost.train, stage2_boost.__main__, stage2_boost.report, "
+            "stage2_boost.inspect_studies; print('torch' in sys.modules, 'timm' in sys.modules)")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False False"
