@@ -96,3 +96,12 @@ def isic_layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
     train = pd.read_csv(ISIC / "csv" / "train.csv")
     train[train["image_name"].isin(names)].to_csv(root / "train.csv", index=False)
     return root
+
+
+@pytest.fixture
+def features(tmp_path: Path) -> Path:
+    """Stage 1 outputs (manifest + one 16-d embedding) for 225 synthetic images, without a CNN."""
+    from tests.stage2.helpers import make_embeddings, synthetic_manifest, write_stage1
+
+    manifest = synthetic_manifest()
+    return write_stage1(tmp_path / "features", manifest, {"bb": make_embeddings(manifest)})

@@ -24,22 +24,7 @@ from stage1_embed.schema import read_embeddings
 from stage2_boost.config import Stage2Config
 from stage2_boost.train import run_training
 from tests.conftest import REPO, WEIGHTS, require
-from tests.stage2.helpers import make_embeddings, synthetic_manifest, write_stage1
-
-FAST = {
-    "n_trials": 2,
-    "max_rounds": 200,
-    "early_stopping": 20,
-    "n_bootstrap": 100,
-    "n_folds": 3,
-    "report": False,
-}
-
-
-@pytest.fixture
-def features(tmp_path: Path) -> Path:
-    manifest = synthetic_manifest()
-    return write_stage1(tmp_path / "features", manifest, {"bb": make_embeddings(manifest)})
+from tests.stage2.helpers import FAST
 
 
 def test_atomic_write_leaves_the_old_file_when_the_disk_is_full(

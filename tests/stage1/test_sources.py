@@ -190,16 +190,20 @@ def test_tfrecord_truncated(tiny_dataset: Path) -> None:
         list(iter_records(shard))
 
 
-def test_tfrecord_without_image_name(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("features", "missing"),
+    [({"image": (b"\xff\xd8", "byte")}, "image_name"), ({"image_name": (b"A", "byte")}, "image")],
+)
+def test_tfrecord_without_a_required_feature(tmp_path: Path, features: dict, missing: str) -> None:
     from tfrecord.writer import TFRecordWriter
 
     (tmp_path / "tfrecords").mkdir()
     writer = TFRecordWriter(str(tmp_path / "tfrecords" / "train00-1.tfrec"))
-    writer.write({"image": (b"\xff\xd8", "byte"), "target": (0, "int")})
+    writer.write({**features, "target": (0, "int")})
     writer.close()
     pd.DataFrame([{"image_name": "A", "patient_id": "P", "sex": "male", "age_approx": 40,
                    "anatom_site_general_challenge": "torso", "target": 0}]).to_csv(tmp_path / "train.csv", index=False)  # fmt: skip
-    with pytest.raises(DataError, match="no bytes feature 'image_name'"):
+    with pytest.raises(DataError, match=f"no bytes feature '{missing}'"):
         scan_dataset(load_metadata(tmp_path / "train.csv"), create_source(tmp_path))
 
 
@@ -225,19 +229,6 @@ def test_real_jpegs_scan(isic_layout: Path) -> None:
     scan = scan_dataset(table, create_source(isic_layout))
     assert len(scan.refs) == 1847 and int(table["target"].sum()) == 27
     assert scan.manifest["file_size"].gt(0).all()
-
-
-def test_tfrecord_without_image(tmp_path: Path) -> None:
-    from tfrecord.writer import TFRecordWriter
-
-    (tmp_path / "tfrecords").mkdir()
-    writer = TFRecordWriter(str(tmp_path / "tfrecords" / "train00-1.tfrec"))
-    writer.write({"image_name": (b"A", "byte"), "target": (0, "int")})
-    writer.close()
-    pd.DataFrame([{"image_name": "A", "patient_id": "P", "sex": "male", "age_approx": 40,
-                   "anatom_site_general_challenge": "torso", "target": 0}]).to_csv(tmp_path / "train.csv", index=False)  # fmt: skip
-    with pytest.raises(DataError, match="no bytes feature 'image'"):
-        scan_dataset(load_metadata(tmp_path / "train.csv"), create_source(tmp_path))
 
 
 def test_tfrecord_names_are_never_paths(tiny_dataset: Path) -> None:

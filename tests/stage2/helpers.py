@@ -79,3 +79,14 @@ def write_embedding_file(
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path)
     return path
+
+
+# Stage 2 settings small enough for tests: a few trials, few rounds, few bootstrap resamples.
+FAST = {
+    "n_trials": 2,
+    "max_rounds": 200,
+    "early_stopping": 20,
+    "n_bootstrap": 100,
+    "n_folds": 3,
+    "report": False,
+}

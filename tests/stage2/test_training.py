@@ -25,26 +25,10 @@ from stage2_boost.train import run_training
 from stage2_boost.tune import make_objective, mask_url, open_storage
 from tests.conftest import ISIC, require
 from tests.stage2.helpers import (
+    FAST,
     make_embeddings,
-    synthetic_manifest,
     write_embedding_file,
-    write_stage1,
 )
-
-FAST = {
-    "n_trials": 2,
-    "max_rounds": 200,
-    "early_stopping": 20,
-    "n_bootstrap": 100,
-    "n_folds": 3,
-    "report": False,
-}
-
-
-@pytest.fixture
-def features(tmp_path: Path) -> Path:
-    manifest = synthetic_manifest()
-    return write_stage1(tmp_path / "features", manifest, {"bb": make_embeddings(manifest)})
 
 
 @pytest.fixture
