@@ -25,6 +25,7 @@ VARIANTS = {  # name: (crop_mode, crop_pct, input_size, tta)
     "border, crop_pct 1.0": ("border", 1.0, None, ()),
     "squash 1.0 at 288": ("squash", 1.0, 288, ()),
     "squash 1.0 + hflip,vflip TTA": ("squash", 1.0, None, ("hflip", "vflip")),
+    "model default + hflip,vflip TTA": (None, None, None, ("hflip", "vflip")),
 }
 
 
