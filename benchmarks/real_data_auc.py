@@ -62,7 +62,7 @@ def logistic_baseline(features: Path, slug: str, seed: int = 42) -> float:
     """OOF AUC of a scaled logistic regression on one raw embedding, patient-grouped 5 folds."""
     data = load_stage_data(features, [slug])
     rows = data.split_index("train")
-    X, y = data.embeddings[slug][rows], data.frame["target"].to_numpy(dtype=int, na_value=0)[rows]
+    X, y = data.embeddings[slug][rows], data.target[rows]
     groups = data.frame["patient_id"].to_numpy()[rows]
     oof = np.zeros(len(rows))
     for fit, valid in StratifiedGroupKFold(5, shuffle=True, random_state=seed + 1000).split(
@@ -79,7 +79,7 @@ def duckling_auc(features: Path, slug: str) -> float:
     """AUC of the within-patient distance z-score by itself (label-free, nothing fitted)."""
     data = load_stage_data(features, [slug])
     z = UglyDucklingFeatures(slug).compute(data)[f"{slug}__ud_dist_z"].fillna(0)
-    return float(roc_auc_score(data.frame["target"].to_numpy(dtype=int, na_value=0), z))
+    return float(roc_auc_score(data.target, z))
 
 
 def main() -> None:

@@ -7,8 +7,8 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
+import pandas as pd
 from filelock import FileLock, Timeout
 
 from .atomic import atomic_write_text
@@ -66,7 +66,7 @@ def _run_locked(config: Stage1Config, out: Path) -> Stage1Summary:
     table = load_metadata(config.train_csv_path, config.test_csv_path)
     if not specs:
         scan = metadata_only_manifest(table)
-        _write_manifest(scan, config, "metadata-only", [])
+        _write_manifest(scan, config, "metadata-only", {})
         return Stage1Summary(out, len(table), None)
     source = create_source(
         config.data_dir, config.images_dir, config.image_format, config.max_pixels
@@ -148,12 +148,15 @@ def _all_failures(scan: ScanResult, results: list[BackboneResult]) -> dict[tuple
 
 
 def _write_manifest(
-    scan: ScanResult, config: Stage1Config, fingerprint: str, failures: Any
+    scan: ScanResult, config: Stage1Config, fingerprint: str, failures: dict[tuple[str, str], str]
 ) -> None:
     manifest = scan.manifest.copy()
-    for (split, name), error in dict(failures).items():
-        row = (manifest["split"] == split) & (manifest["image_name"] == name)
-        manifest.loc[row, ["read_status", "read_error"]] = ["failed", error]
+    errors = pd.Series(failures, dtype=object)
+    if len(errors):
+        keys = pd.MultiIndex.from_frame(manifest[["split", "image_name"]])
+        failed = keys.isin(errors.index)
+        manifest.loc[failed, "read_status"] = "failed"
+        manifest.loc[failed, "read_error"] = errors.reindex(keys[failed]).to_numpy()
     provenance = {
         "input_fingerprint": fingerprint,
         "dataset": Path(config.data_dir).resolve().name,

@@ -75,7 +75,7 @@ def prepare_folds(
     test_rows: np.ndarray | None = None,
 ) -> list[FoldMatrices]:
     """Build every fold's matrices once; feature groups are fitted on the training part only."""
-    target = data.frame["target"].to_numpy(dtype=np.int64, na_value=-1)
+    target = data.target
     out = []
     for fold in range(int(folds.max()) + 1):
         valid = train_rows[folds == fold]
@@ -115,7 +115,7 @@ def cross_validate(
     oof, aucs, iterations, tests = np.full(n, np.nan), [], [], []
     gains: dict[str, float] = {}
     offsets = np.cumsum([0] + [len(f.valid_rows) for f in folds])
-    for fold, start in zip(folds, offsets, strict=False):
+    for fold, start in zip(folds, offsets[:-1], strict=True):
         fitted = adapter.fit(fold.native(adapter, whole=n_rounds is not None), params, n_rounds)
         pred = adapter.predict(fitted, fold.X_valid)
         oof[start : start + len(pred)] = pred
@@ -134,3 +134,8 @@ def cross_validate(
 def oof_rows(folds: Sequence[FoldMatrices]) -> np.ndarray:
     """Positions in ``StageData.frame`` of the OOF predictions, in ``cross_validate``'s order."""
     return np.concatenate([f.valid_rows for f in folds])
+
+
+def oof_folds(folds: Sequence[FoldMatrices]) -> np.ndarray:
+    """The fold number of each OOF prediction, in ``cross_validate``'s order."""
+    return np.concatenate([np.full(len(f.valid_rows), f.fold) for f in folds])

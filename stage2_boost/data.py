@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from stage1_embed.schema import (
     read_embeddings,
     read_manifest,
 )
+from stage1_embed.weights import file_sha256
 
 from .errors import ContractError
 
@@ -37,6 +37,11 @@ class StageData:
     @property
     def dataset(self) -> str:
         return str(self.provenance.get("dataset", "dataset"))
+
+    @property
+    def target(self) -> np.ndarray:
+        """Labels as int64, -1 for unlabelled (test) rows."""
+        return self.frame["target"].to_numpy(dtype=np.int64, na_value=-1)
 
     def split_index(self, split: str) -> np.ndarray:
         return np.flatnonzero((self.frame["split"] == split).to_numpy())
@@ -72,8 +77,7 @@ def _check_csv_unchanged(provenance: dict[str, Any], manifest_path: Path) -> Non
     csv, recorded = provenance.get("train_csv"), provenance.get("train_csv_sha256")
     if not csv or not recorded or not Path(csv).is_file():
         return
-    digest = hashlib.sha256(Path(csv).read_bytes()).hexdigest()
-    if digest != recorded:
+    if file_sha256(Path(csv)) != recorded:
         raise ContractError(
             f"{csv} has changed since stage 1 wrote {manifest_path}: the features are stale. "
             f"{REBUILD_HINT}"

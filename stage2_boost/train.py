@@ -15,7 +15,7 @@ from filelock import FileLock, Timeout
 
 from .boosters import create_booster
 from .config import Stage2Config
-from .cv import CVResult, FoldMatrices, cross_validate, oof_rows, prepare_folds
+from .cv import CVResult, FoldMatrices, cross_validate, oof_folds, oof_rows, prepare_folds
 from .data import StageData, load_stage_data
 from .errors import ConfigError, OutputError
 from .features import DEFAULT_GROUPS, IMAGE_GROUPS, create_feature_groups
@@ -105,16 +105,15 @@ def _train_locked(config: Stage2Config, out: Path) -> RunResult:
     backbones = sorted(data.embeddings)
     train_rows, test_rows = data.split_index("train"), data.split_index("test")
     train = data.frame.iloc[train_rows]
+    n_pos = int(train["target"].sum())
     folds, _ = load_or_make_folds(train, config.n_folds, config.seed, out / "folds.parquet")
     eval_seed = config.seed + EVAL_SEED_OFFSET
     eval_folds, _ = load_or_make_folds(train, config.n_folds, eval_seed, out / "folds_eval.parquet")
     logger.info("%d train images (%d malignant, %d patients), %d test; features %s; backbones %s",
-                len(train), int(train["target"].sum()), train["patient_id"].nunique(), len(test_rows),
+                len(train), n_pos, train["patient_id"].nunique(), len(test_rows),
                 ",".join(groups), ",".join(backbones) or "none")  # fmt: skip
 
-    n_components = config.n_components or auto_components(
-        int(train["target"].sum()), len(backbones)
-    )
+    n_components = config.n_components or auto_components(n_pos, len(backbones))
 
     def make_groups(names: tuple[str, ...] = groups) -> list:
         return create_feature_groups(names, backbones, config.reduction, n_components, config.seed)
@@ -122,7 +121,7 @@ def _train_locked(config: Stage2Config, out: Path) -> RunResult:
     tuning = prepare_folds(data, train_rows, folds, make_groups, config.seed)
     evaluation = prepare_folds(data, train_rows, eval_folds, make_groups, eval_seed, test_rows)
     feature_set = _feature_set(config, groups, backbones, n_components, evaluation[0].X_fit.columns)
-    _warn_if_too_few_positives(feature_set["n_features"], int(train["target"].sum()))
+    _warn_if_too_few_positives(feature_set["n_features"], n_pos)
     storage = open_storage(config.storage_url)
     models = [
         _tune_and_evaluate(name, config, data, tuning, evaluation, storage, feature_set)
@@ -209,9 +208,9 @@ def _metrics(
     feature_set: dict[str, Any], run_id: str,
 ) -> dict[str, Any]:  # fmt: skip
     rows = oof_rows(evaluation)
-    target = data.frame["target"].to_numpy(dtype=np.int64, na_value=-1)[rows]
+    target = data.target[rows]
     patients = data.frame["patient_id"].to_numpy()[rows]
-    folds = np.concatenate([np.full(len(f.valid_rows), f.fold) for f in evaluation])
+    folds = oof_folds(evaluation)
     per_model = {}
     for model in models:
         model.oof_auc = auc(target, model.cv.oof)
@@ -282,7 +281,7 @@ def _auc_without_acquisition(
         adapter = create_booster(model.name, seed=config.seed, max_rounds=config.max_rounds,
                                  early_stopping=config.early_stopping, n_rows=len(folds[0].fit_rows))  # fmt: skip
         preds.append(cross_validate(adapter, folds, model.params, n_rounds=model.n_rounds).oof)
-    target = data.frame["target"].to_numpy(dtype=np.int64, na_value=-1)[oof_rows(folds)]
+    target = data.target[oof_rows(folds)]
     return auc(target, rank_blend(*preds))
 
 
@@ -295,8 +294,8 @@ def _write_outputs(
     oof = pd.DataFrame({
         "image_name": frame["image_name"].to_numpy()[rows],
         "patient_id": frame["patient_id"].to_numpy()[rows],
-        "fold": np.concatenate([np.full(len(f.valid_rows), f.fold) for f in evaluation]),
-        "target": frame["target"].to_numpy(dtype=np.int64, na_value=-1)[rows],
+        "fold": oof_folds(evaluation),
+        "target": data.target[rows],
         **{m.name: m.cv.oof for m in models},
         "blend": rank_blend(*[m.cv.oof for m in models]),
     })  # fmt: skip

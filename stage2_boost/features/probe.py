@@ -31,7 +31,7 @@ class LinearProbeFeatures(FeatureGroup):
 
     def fit(self, data: StageData, rows: np.ndarray) -> LinearProbeFeatures:
         X = data.embeddings[self.slug][rows]
-        y = data.frame["target"].to_numpy(dtype=int, na_value=0)[rows]
+        y = data.target[rows]
         groups = data.frame["patient_id"].to_numpy()[rows]
         oof = np.zeros(len(rows))
         splitter = StratifiedGroupKFold(INNER_FOLDS, shuffle=True, random_state=self.seed)
