@@ -22,6 +22,11 @@ Usage: ./run_all.sh [options]
   --storage URL       Optuna storage (default sqlite:///OUT/stage2/optuna.db); a PostgreSQL/MySQL URL
                       lets several workers share one study
   --weights-dir DIR   folder of local-dir weight folders (also $MELANOMA_WEIGHTS_DIR)
+  --extra-data DIR    extra labelled training data (Kaggle layout, or the ISIC 2019 layout with
+                      ISIC_2019_Training_GroundTruth.csv); repeatable; its rows join the training
+                      part of every fold and never a validation fold
+  --drop-extra-duplicates
+                      drop extra images whose name is already in another source (default: error)
   --device D          auto | cpu | cuda (default auto)
   --stage S           1 | 2 | all (default all); --stage 2 reuses the cached embeddings
   --smoke             tiny and fast (a small demo, one backbone, 2 trials): checks the install
@@ -32,6 +37,7 @@ USAGE
 die() { echo "error: $*" >&2; echo "run ./run_all.sh --help for usage" >&2; exit 2; }
 need() { [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value"; }
 
+EXTRA_ARGS=() DROP_DUPLICATES=0
 DATA="" OUT="" BACKBONES="" TRIALS=20 FEATURES="" TIMEOUT="" STORAGE="" WEIGHTS_DIR="" DEVICE=auto STAGE=all SMOKE=0
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -43,6 +49,8 @@ while [ $# -gt 0 ]; do
     --timeout) need "$@"; TIMEOUT="$2"; shift 2 ;;
     --storage) need "$@"; STORAGE="$2"; shift 2 ;;
     --weights-dir) need "$@"; WEIGHTS_DIR="$2"; shift 2 ;;
+    --extra-data) need "$@"; EXTRA_ARGS+=(--extra-data "$2"); shift 2 ;;
+    --drop-extra-duplicates) DROP_DUPLICATES=1; shift ;;
     --device) need "$@"; DEVICE="$2"; shift 2 ;;
     --stage) need "$@"; STAGE="$2"; shift 2 ;;
     --smoke) SMOKE=1; shift ;;
@@ -74,8 +82,9 @@ if [ "$STAGE" != 2 ]; then
   ARGS=(--data "$DATA" --out "$OUT" --device "$DEVICE")
   [ -n "$BACKBONES" ] && ARGS+=(--backbones "$BACKBONES")
   [ -n "$WEIGHTS_DIR" ] && ARGS+=(--weights-dir "$WEIGHTS_DIR")
+  [ "$DROP_DUPLICATES" = 1 ] && ARGS+=(--drop-extra-duplicates)
   echo "== stage 1: embeddings ($DATA -> $OUT)"
-  python -m stage1_embed "${ARGS[@]}" "${STAGE1_EXTRA[@]}"
+  python -m stage1_embed "${ARGS[@]}" "${EXTRA_ARGS[@]}" "${STAGE1_EXTRA[@]}"
 fi
 if [ "$STAGE" != 1 ]; then
   ARGS=(train --features "$OUT" --trials "$TRIALS")
@@ -83,6 +92,6 @@ if [ "$STAGE" != 1 ]; then
   [ -n "$TIMEOUT" ] && ARGS+=(--timeout "$TIMEOUT")
   [ -n "$STORAGE" ] && ARGS+=(--storage "$STORAGE")
   echo "== stage 2: tuned LightGBM + XGBoost ($OUT -> $OUT/stage2)"
-  python -m stage2_boost "${ARGS[@]}" "${STAGE2_EXTRA[@]}"
+  python -m stage2_boost "${ARGS[@]}" "${EXTRA_ARGS[@]}" "${STAGE2_EXTRA[@]}"
 fi
 echo "== done in $(( $(date +%s) - START )) s (dataset $DATA, outputs $OUT)"

@@ -79,6 +79,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--num-shards", type=int, default=1, help="split the work into N shards")
     p.add_argument("--shard-index", type=int, default=0, help="which shard this process runs")
+    p.add_argument(
+        "--extra-data",
+        type=Path,
+        action="append",
+        default=[],
+        help="extra labelled dataset (Kaggle or ISIC 2019 layout), embedded into OUT/extra/<name> "
+        "and used only for training (repeatable)",
+    )
+    p.add_argument(
+        "--drop-extra-duplicates",
+        action="store_true",
+        help="drop extra images whose name is already in another source (default: an error)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -119,6 +132,8 @@ def config_from_args(args: argparse.Namespace) -> Stage1Config:
         num_shards=args.num_shards,
         shard_index=args.shard_index,
         progress=not args.no_progress,
+        extra_data=tuple(args.extra_data),
+        drop_extra_duplicates=args.drop_extra_duplicates,
     )
 
 

@@ -41,6 +41,9 @@ class Stage1Config:
     num_shards: int = 1
     shard_index: int = 0
     progress: bool = True
+    extra_data: tuple[Path, ...] = ()  # --extra-data folders: training rows only, see extra.py
+    drop_extra_duplicates: bool = False
+    train_only: bool = False  # an extra dataset: its test.csv (if any) is not read
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.chunk_size < 1:
@@ -70,6 +73,8 @@ class Stage1Config:
 
     @property
     def test_csv_path(self) -> Path | None:
+        if self.train_only:
+            return None
         if self.test_csv is not None:
             return self.test_csv
         default = self.data_dir / "test.csv"

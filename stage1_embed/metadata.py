@@ -58,7 +58,11 @@ def load_metadata(train_csv: Path, test_csv: Path | None = None) -> pd.DataFrame
 
 def read_split_csv(path: Path, split: str) -> pd.DataFrame:
     """Read one CSV of ``split`` ('train' or 'test') and normalise it."""
-    raw = _read_raw(Path(path))
+    return normalise_table(_read_raw(Path(path)), Path(path), split)
+
+
+def normalise_table(raw: pd.DataFrame, path: Path, split: str) -> pd.DataFrame:
+    """Validate and type a table of CSV strings (``path`` names its origin in messages)."""
     raw = raw.rename(columns={k: v for k, v in COLUMN_ALIASES.items() if k in raw.columns})
     _check_columns(raw, path, split)
     table = pd.DataFrame(

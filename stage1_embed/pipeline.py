@@ -5,16 +5,24 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
 from filelock import FileLock, Timeout
 
-from .atomic import atomic_write_text
+from .atomic import atomic_path, atomic_write_text
 from .backbones import create_backbone, parse_backbone_spec
 from .config import Stage1Config
 from .errors import DataError, OutputError
+from .extra import (
+    NORMALISED_CSV,
+    check_unique_sources,
+    detect_extra,
+    extra_features_dir,
+    read_extra_table,
+    resolve_duplicates,
+)
 from .metadata import load_metadata
 from .runner import BackboneResult, EmbedSettings, embed_backbone
 from .scan import ScanResult, metadata_only_manifest, scan_dataset
@@ -34,6 +42,7 @@ class Stage1Summary:
     results: list[BackboneResult] = field(default_factory=list)
     n_failures: int = 0
     complete: bool = True
+    extras: list[Stage1Summary] = field(default_factory=list)  # one per --extra-data folder
 
 
 def run_stage1(config: Stage1Config) -> Stage1Summary:
@@ -54,15 +63,49 @@ def run_stage1(config: Stage1Config) -> Stage1Summary:
             "finish, or use another --out folder."
         ) from err
     try:
-        return _run_locked(config, out)
+        extras = _extra_configs(config, out)  # bad extra data fails before any embedding
+        summary = _run_locked(config, out)
+        for extra in extras:
+            logger.info("extra training data %s -> %s", extra.data_dir, extra.out_dir)
+            summary.extras.append(_run_locked(extra, Path(extra.out_dir)))
+        summary.complete = summary.complete and all(e.complete for e in summary.extras)
+        return summary
     finally:
         lock.release()
 
 
+def _extra_configs(config: Stage1Config, out: Path) -> list[Stage1Config]:
+    """One stage 1 config per ``--extra-data`` folder, writing to ``OUT/extra/<name>/``.
+
+    Each extra set's rows are normalised (extra.py), checked against the primary data and the
+    other extra sets for duplicate image names, and written as the CSV its run reads."""
+    if not config.extra_data:
+        return []
+    check_unique_sources(config.extra_data)
+    datasets = [detect_extra(root) for root in config.extra_data]
+    primary = load_metadata(config.train_csv_path, config.test_csv_path)
+    tables = resolve_duplicates(
+        primary, {d.name: read_extra_table(d) for d in datasets}, config.drop_extra_duplicates
+    )
+    configs = []
+    for dataset in datasets:
+        folder = extra_features_dir(out, dataset.root)
+        folder.mkdir(parents=True, exist_ok=True)
+        csv = folder / NORMALISED_CSV
+        with atomic_path(csv) as tmp:
+            tables[dataset.name].drop(columns=["split"]).to_csv(tmp, index=False)
+        configs.append(
+            replace(config, data_dir=dataset.root, out_dir=folder, train_csv=csv, test_csv=None,
+                    images_dir=dataset.images_dir, image_format="auto", extra_data=(),
+                    train_only=True)
+        )  # fmt: skip
+    return configs
+
+
 def _run_locked(config: Stage1Config, out: Path) -> Stage1Summary:
     specs = [parse_backbone_spec(text) for text in config.backbones]  # bad specs fail first
-    resolved = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}
-    atomic_write_text(out / "stage1_config.json", json.dumps(resolved, indent=2))
+    resolved = json.dumps(asdict(config), indent=2, default=str)  # Paths as text
+    atomic_write_text(out / "stage1_config.json", resolved)
     table = load_metadata(config.train_csv_path, config.test_csv_path)
     if not specs:
         scan = metadata_only_manifest(table)
@@ -205,4 +248,7 @@ def format_summary(summary: Stage1Summary) -> str:
     lines.append(
         f"features: {summary.out_dir} ({summary.n_images} images, {summary.n_failures} unreadable)"
     )
+    for extra in summary.extras:
+        lines.append(f"extra training data ({extra.out_dir}):")
+        lines.append(format_summary(extra))
     return "\n".join(lines)

@@ -40,6 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--bootstrap", type=int, default=1000, help="patient bootstrap resamples for the CI"
     )
+    t.add_argument(
+        "--extra-data",
+        type=Path,
+        action="append",
+        default=[],
+        help="extra training set: the folder given to stage 1's --extra-data (its outputs are in "
+        "FEATURES/extra/<name>) or a stage 1 output folder; repeatable; rows only ever train",
+    )
     t.add_argument("--no-report", action="store_true")
     for name, helptext in (
         ("inspect", "list Optuna studies, or show one with plots"),
@@ -70,6 +78,7 @@ def _train(args: argparse.Namespace) -> int:
         models=_split(args.models) or (), n_folds=args.folds, seed=args.seed, n_trials=args.trials,
         timeout=args.timeout, storage=args.storage, max_rounds=args.max_rounds,
         early_stopping=args.early_stopping, n_bootstrap=args.bootstrap, report=not args.no_report,
+        extra_data=tuple(args.extra_data),
     )  # fmt: skip
     result = run_training(config)
     print(format_run_summary(result.metrics, result.out_dir))
@@ -96,6 +105,10 @@ def format_run_summary(metrics: dict, out: Path) -> str:
                      f"  tuning AUC {tuning}  ({m['n_trials_in_study']} trials in study)")  # fmt: skip
     low, high = metrics["oof_auc_ci95"]
     lines.append(f"  blend  OOF AUC {metrics['oof_auc']:.4f} [{low:.4f}, {high:.4f}]")
+    extra = metrics.get("extra") or {}
+    if extra.get("n_rows"):
+        lines.append(f"  extra training rows: {extra['n_rows']} ({extra['n_pos']} malignant) from "
+                     f"{', '.join(extra['sources'])}; AUCs above are on the primary rows only")  # fmt: skip
     if "oof_auc_without_acquisition" in metrics:
         lines.append(
             f"  blend without acquisition features: {metrics['oof_auc_without_acquisition']:.4f}"

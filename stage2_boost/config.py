@@ -29,6 +29,7 @@ class Stage2Config:
     early_stopping: int = 100
     n_bootstrap: int = 1000
     report: bool = True
+    extra_data: tuple[Path, ...] = ()  # --extra-data: dataset folders or stage 1 output folders
 
     def __post_init__(self) -> None:
         if self.reduction not in ("pca", "raw"):
@@ -52,6 +53,26 @@ class Stage2Config:
         return self.out_dir or Path(self.features_dir) / "stage2"
 
     @property
+    def extra_features_dirs(self) -> list[Path]:
+        """Stage 1 outputs of each extra set: the folder itself if it holds a manifest, else
+        FEATURES/extra/<name> (where ``python -m stage1_embed --extra-data`` wrote it)."""
+        from stage1_embed.extra import extra_features_dir
+        from stage1_embed.schema import MANIFEST_FILE
+
+        found = []
+        for folder in self.extra_data:
+            path = Path(folder)
+            if not (path / MANIFEST_FILE).is_file():
+                path = extra_features_dir(self.features_dir, path)
+            if not (path / MANIFEST_FILE).is_file():
+                raise ConfigError(
+                    f"--extra-data {folder}: no stage 1 outputs at {path}. Run stage 1 with "
+                    f"--extra-data {folder} first (./run_all.sh --extra-data does both)."
+                )
+            found.append(path)
+        return found
+
+    @property
     def storage_url(self) -> str:
         return self.storage or f"sqlite:///{(self.stage2_dir / 'optuna.db').resolve()}"
 
@@ -60,4 +81,5 @@ class Stage2Config:
 
         values = asdict(self)
         values["storage"] = mask_url(self.storage_url)
+        values["extra_data"] = [str(p) for p in self.extra_data]
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in values.items()}

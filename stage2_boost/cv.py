@@ -73,13 +73,19 @@ def prepare_folds(
     make_groups: GroupFactory,
     seed: int,
     test_rows: np.ndarray | None = None,
+    extra_rows: np.ndarray | None = None,
 ) -> list[FoldMatrices]:
-    """Build every fold's matrices once; feature groups are fitted on the training part only."""
+    """Build every fold's matrices once; feature groups are fitted on the training part only.
+
+    ``extra_rows`` (extra training sets) join the fit part of every fold: they never validate and
+    never decide early stopping, which stays on the primary data's own patients."""
     target = data.target
     out = []
     for fold in range(int(folds.max()) + 1):
         valid = train_rows[folds == fold]
         fit, stop = inner_split(data, train_rows[folds != fold], seed + fold)
+        if extra_rows is not None and len(extra_rows):
+            fit = np.concatenate([fit, extra_rows])
         row_sets = [fit, stop, valid] + (
             [test_rows] if test_rows is not None and len(test_rows) else []
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,14 +30,29 @@ logger = logging.getLogger(__name__)
 class StageData:
     """Usable rows of both splits, and per backbone an embedding matrix aligned with them."""
 
-    frame: pd.DataFrame  # manifest rows, index 0..n-1
+    frame: pd.DataFrame  # manifest rows, index 0..n-1, plus ``source``
     embeddings: dict[str, np.ndarray] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     embedding_provenance: dict[str, dict[str, Any]] = field(default_factory=dict)
+    extra_sources: list[str] = field(default_factory=list)  # names of --extra-data sets, in order
+
+    def __post_init__(self) -> None:
+        if "source" not in self.frame.columns:
+            self.frame = self.frame.assign(source=self.dataset)
 
     @property
     def dataset(self) -> str:
         return str(self.provenance.get("dataset", "dataset"))
+
+    @property
+    def is_extra(self) -> np.ndarray:
+        """True for rows of an extra training set (they train, never validate)."""
+        return (self.frame["source"] != self.dataset).to_numpy()
+
+    def train_index(self) -> tuple[np.ndarray, np.ndarray]:
+        """Training rows of the primary data (folded and scored) and of the extra sets."""
+        train = (self.frame["split"] == "train").to_numpy()
+        return np.flatnonzero(train & ~self.is_extra), np.flatnonzero(train & self.is_extra)
 
     @property
     def target(self) -> np.ndarray:
@@ -53,8 +69,18 @@ def available_backbones(features_dir: Path) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.parquet")) if folder.is_dir() else []
 
 
-def load_stage_data(features_dir: Path, backbones: list[str] | None) -> StageData:
-    """Manifest rows usable by stage 2, plus embeddings of ``backbones`` (None = all present)."""
+def load_stage_data(
+    features_dir: Path, backbones: list[str] | None, extra_dirs: Sequence[Path] = ()
+) -> StageData:
+    """Manifest rows usable by stage 2, plus embeddings of ``backbones`` (None = all present);
+    ``extra_dirs`` are stage 1 outputs of extra training sets, appended as extra rows."""
+    data = _load_one(features_dir, backbones)
+    for folder in extra_dirs:
+        data = _with_extra(data, _load_one(folder, sorted(data.embeddings)), folder)
+    return data
+
+
+def _load_one(features_dir: Path, backbones: list[str] | None) -> StageData:
     manifest, provenance = read_manifest(features_dir)
     _check_csv_unchanged(provenance, Path(features_dir) / "manifest.parquet")
     frame = manifest[manifest["read_status"].isin(USABLE_STATUSES)].reset_index(drop=True)
@@ -70,6 +96,49 @@ def load_stage_data(features_dir: Path, backbones: list[str] | None) -> StageDat
         data.embeddings[slug] = _aligned(table.keys, table.vectors, frame, path)
         data.embedding_provenance[slug] = table.provenance
     return data
+
+
+def _with_extra(data: StageData, extra: StageData, folder: Path) -> StageData:
+    """``data`` plus the train rows of ``extra``: same backbones, same preprocessing and weights,
+    image names never shared (stage 1 checked them; a hand-built folder may not be)."""
+    name = extra.dataset
+    if name == data.dataset or name in data.extra_sources:
+        raise ContractError(
+            f"The extra data in {folder} has the source name {name!r}, already used by another "
+            "source. Give each dataset folder a distinct name."
+        )
+    for slug, prov in data.embedding_provenance.items():
+        theirs = extra.embedding_provenance[slug]
+        for key in ("weights", "preprocessing", "tta_views", "precision"):
+            if _comparable(prov.get(key)) != _comparable(theirs.get(key)):
+                raise ContractError(
+                    f"{slug}: the extra data in {folder} was embedded with other {key} "
+                    f"({theirs.get(key)}) than the primary data ({prov.get(key)}); their features "
+                    f"would not be comparable. Rerun stage 1 with the same settings. {REBUILD_HINT}"
+                )
+    rows = (extra.frame["split"] == "train").to_numpy()
+    shared = set(extra.frame.loc[rows, "image_name"]) & set(data.frame["image_name"])
+    if shared:
+        raise ContractError(
+            f"{len(shared)} image name(s) of the extra data in {folder} are also in another "
+            f"source, e.g. {sorted(shared)[:5]}. Rerun stage 1 with --drop-extra-duplicates."
+        )
+    frame = pd.concat([data.frame, extra.frame[rows]], ignore_index=True)
+    embeddings = {
+        slug: np.concatenate([vectors, extra.embeddings[slug][rows]])
+        for slug, vectors in data.embeddings.items()
+    }
+    return StageData(
+        frame, embeddings, data.provenance, data.embedding_provenance,
+        [*data.extra_sources, name],
+    )  # fmt: skip
+
+
+def _comparable(value: Any) -> Any:
+    """Provenance values without file locations (the same weights may sit in two places)."""
+    if isinstance(value, dict):
+        return {k: v for k, v in value.items() if k != "location"}
+    return value
 
 
 def _check_csv_unchanged(provenance: dict[str, Any], manifest_path: Path) -> None:

@@ -16,7 +16,7 @@ from .errors import OutputError
 
 RUNS_FILE = "runs.csv"
 RUN_COLUMNS = ("time", "run_id", "feature_groups", "backbones", "trials", "oof_auc", "ci_low",
-               "ci_high", "tuning_auc", "n_train", "n_pos", "seconds")  # fmt: skip
+               "ci_high", "tuning_auc", "n_train", "n_pos", "n_extra", "seconds")  # fmt: skip
 
 
 def write_parquet(frame: pd.DataFrame, path: Path) -> None:

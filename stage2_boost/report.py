@@ -171,6 +171,16 @@ def _markdown(metrics: dict[str, Any], subgroups: pd.DataFrame) -> str:
         tuning = f"{m['tuning_auc']:.4f}" if m["tuning_auc"] is not None else "untuned"
         lines.append(f"| {name} | {m['oof_auc']:.4f} | {m['oof_auc_ci95'][0]:.4f}–{m['oof_auc_ci95'][1]:.4f} | "
                      f"{tuning} | {m['n_rounds']} | {m['n_trials_in_study']} | `{m['study']}` |")  # fmt: skip
+    extra = metrics.get("extra") or {}
+    if extra.get("n_rows"):
+        parts = ", ".join(f"{name} ({s['n_rows']} images, {s['n_pos']} malignant)"
+                          for name, s in extra["sources"].items())  # fmt: skip
+        lines += [
+            "",
+            f"Extra training data: {parts}. These rows joined the training part of every fold and "
+            "no validation fold: every AUC above is on the primary data only, and the extra rows "
+            "have no out-of-fold prediction of their own.",
+        ]
     if "oof_auc_without_acquisition" in metrics:
         lines += [
             "",

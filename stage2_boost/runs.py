@@ -26,8 +26,12 @@ def format_runs(log: pd.DataFrame) -> str:
         "trials",
         "oof_auc ± CI",
         "tuning_auc",
+        "n_extra",
         "seconds",
     ]
+    if "n_extra" not in table.columns:  # a log written before extra data existed
+        table["n_extra"] = 0
+    table["n_extra"] = table["n_extra"].fillna(0).astype(int)
     return table[columns].to_string(index=False)
 
 

@@ -99,13 +99,16 @@ def _train_locked(config: Stage2Config, out: Path) -> RunResult:
     started = time.perf_counter()
     run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     data = load_stage_data(
-        config.features_dir, list(config.backbones) if config.backbones else None
+        config.features_dir,
+        list(config.backbones) if config.backbones else None,
+        config.extra_features_dirs,
     )
     groups = resolve_groups(config, data)
     backbones = sorted(data.embeddings)
-    train_rows, test_rows = data.split_index("train"), data.split_index("test")
+    (train_rows, extra_rows), test_rows = data.train_index(), data.split_index("test")
     train = data.frame.iloc[train_rows]
     n_pos = int(train["target"].sum())
+    n_pos_all = n_pos + int(data.target[extra_rows].sum())
     folds, _ = load_or_make_folds(train, config.n_folds, config.seed, out / "folds.parquet")
     eval_seed = config.seed + EVAL_SEED_OFFSET
     eval_folds, _ = load_or_make_folds(train, config.n_folds, eval_seed, out / "folds_eval.parquet")
@@ -113,28 +116,54 @@ def _train_locked(config: Stage2Config, out: Path) -> RunResult:
                 len(train), n_pos, train["patient_id"].nunique(), len(test_rows),
                 ",".join(groups), ",".join(backbones) or "none")  # fmt: skip
 
-    n_components = config.n_components or auto_components(n_pos, len(backbones))
+    if len(extra_rows):
+        logger.info("extra training data: %d images (%d malignant) from %s; they only ever train",
+                    len(extra_rows), n_pos_all - n_pos, ", ".join(data.extra_sources))  # fmt: skip
+    n_components = config.n_components or auto_components(n_pos_all, len(backbones))
 
     def make_groups(names: tuple[str, ...] = groups) -> list:
         return create_feature_groups(names, backbones, config.reduction, n_components, config.seed)
 
-    tuning = prepare_folds(data, train_rows, folds, make_groups, config.seed)
-    evaluation = prepare_folds(data, train_rows, eval_folds, make_groups, eval_seed, test_rows)
+    tuning = prepare_folds(data, train_rows, folds, make_groups, config.seed, None, extra_rows)
+    evaluation = prepare_folds(
+        data, train_rows, eval_folds, make_groups, eval_seed, test_rows, extra_rows
+    )
     feature_set = _feature_set(config, groups, backbones, n_components, evaluation[0].X_fit.columns)
-    _warn_if_too_few_positives(feature_set["n_features"], n_pos)
+    feature_set["extra_sources"] = data.extra_sources
+    _warn_if_too_few_positives(feature_set["n_features"], n_pos_all)
     storage = open_storage(config.storage_url)
     models = [
         _tune_and_evaluate(name, config, data, tuning, evaluation, storage, feature_set)
         for name in config.models
     ]
     metrics = _metrics(config, data, models, evaluation, feature_set, run_id)
+    metrics["extra"] = _extra_summary(data, extra_rows)
     if "acquisition" in groups:
         metrics["oof_auc_without_acquisition"] = _auc_without_acquisition(
-            config, data, models, train_rows, eval_folds, eval_seed, groups, make_groups
-        )
+            config, data, models, train_rows, eval_folds, eval_seed, groups, make_groups,
+            extra_rows,
+        )  # fmt: skip
     metrics["seconds"] = round(time.perf_counter() - started, 1)
     _write_outputs(out, data, models, evaluation, metrics, config)
     return RunResult(run_id, metrics, out, models)
+
+
+def _extra_summary(data: StageData, extra_rows: np.ndarray) -> dict[str, Any]:
+    """Extra training rows per source. They are in every fold's training part and in no
+    validation fold, so they have no out-of-fold prediction and no AUC of their own."""
+    sources = data.frame["source"].to_numpy()[extra_rows]
+    target = data.target[extra_rows]
+    per_source = {}
+    for name in data.extra_sources:
+        mask = sources == name
+        per_source[name] = {"n_rows": int(mask.sum()), "n_pos": int(target[mask].sum())}
+    return {
+        "n_rows": len(extra_rows),
+        "n_pos": int(target.sum()),
+        "sources": per_source,
+        "oof_auc": None,
+        "note": "extra rows only train (never validated), so they have no out-of-fold AUC",
+    }
 
 
 def _warn_if_too_few_positives(n_features: int, n_pos: int) -> None:
@@ -169,7 +198,8 @@ def _feature_key(feature_set: dict[str, Any]) -> str:
     images = f"{','.join(feature_set['backbones'])}.{feature_set['reduction']}{feature_set['n_components']}"
     groups = "+".join(feature_set["groups"])
     has_images = bool(IMAGE_GROUPS & set(feature_set["groups"]))
-    return f"{groups}{'.' + images if has_images else ''}.f{feature_set['folds']}s{feature_set['seed']}"
+    extra = "".join(f".x-{name}" for name in feature_set.get("extra_sources", []))
+    return f"{groups}{'.' + images if has_images else ''}{extra}.f{feature_set['folds']}s{feature_set['seed']}"
 
 
 def _tune_and_evaluate(
@@ -272,10 +302,12 @@ def _short_provenance(p: dict[str, Any]) -> dict[str, Any]:
 def _auc_without_acquisition(
     config: Stage2Config, data: StageData, models: list[ModelResult], train_rows: np.ndarray,
     eval_folds: np.ndarray, eval_seed: int, groups: tuple[str, ...], make_groups: Any,
+    extra_rows: np.ndarray,
 ) -> float:  # fmt: skip
     """Same parameters, acquisition features removed: how much of the AUC is the clinic?"""
     reduced = tuple(g for g in groups if g != "acquisition")
-    folds = prepare_folds(data, train_rows, eval_folds, lambda: make_groups(reduced), eval_seed)
+    folds = prepare_folds(data, train_rows, eval_folds, lambda: make_groups(reduced), eval_seed,
+                          None, extra_rows)  # fmt: skip
     preds = []
     for model in models:
         adapter = create_booster(model.name, seed=config.seed, max_rounds=config.max_rounds,
@@ -326,4 +358,5 @@ def _run_row(metrics: dict[str, Any]) -> dict[str, Any]:
             "trials": metrics["trials_this_run"], "oof_auc": round(metrics["oof_auc"], 4),
             "ci_low": round(low, 4), "ci_high": round(high, 4),
             "tuning_auc": round(metrics["tuning_auc"], 4) if metrics["tuning_auc"] is not None else None,
-            "n_train": metrics["n_train"], "n_pos": metrics["n_pos"], "seconds": metrics["seconds"]}  # fmt: skip
+            "n_train": metrics["n_train"], "n_pos": metrics["n_pos"],
+            "n_extra": metrics["extra"]["n_rows"], "seconds": metrics["seconds"]}  # fmt: skip

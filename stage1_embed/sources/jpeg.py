@@ -1,4 +1,6 @@
-"""Competition JPEG folders: ``<root>/train/<image_name>.jpg`` and ``<root>/test/...``."""
+"""JPEG/PNG folders: ``<root>/train/<image_name>.jpg`` and ``<root>/test/...`` (the competition's
+layout), or a flat folder with the images directly inside (e.g. ``ISIC_2019_Training_Input/``).
+Extensions match in any letter case (``ISIC_0000000.JPG``)."""
 
 from __future__ import annotations
 
@@ -19,22 +21,20 @@ class JpegFolderSource(ImageSource):
 
     @classmethod
     def looks_like(cls, root: Path) -> bool:
-        return any(
-            next((root / split).glob(f"*{ext}"), None) is not None
-            for split in ("train", "test")
-            for ext in EXTENSIONS
-        )
+        return any(_has_image(folder) for folder in (root / "train", root / "test", root))
 
     def index(self, wanted: Mapping[str, set[str]]) -> dict[ImageKey, ImageRef]:
         found: dict[ImageKey, ImageRef] = {}
         for split, names in wanted.items():
             folder = self.root / split
+            if not _has_image(folder):  # a flat folder: every split's images are in the root
+                folder = self.root
             on_disk = _files_by_stem(folder)
             for name in names:
                 path = on_disk.get(name)
                 if path is not None:
                     found[(split, name)] = ImageRef(
-                        name, split, f"{split}/{path.name}", path.stat().st_size
+                        name, split, str(path.relative_to(self.root)), path.stat().st_size
                     )
         return found
 
@@ -56,12 +56,23 @@ class JpegFolderSource(ImageSource):
         return decode_image_bytes(data, min_side=min_side, max_pixels=self.max_pixels)
 
 
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in EXTENSIONS and path.is_file()
+
+
+def _has_image(folder: Path) -> bool:
+    return folder.is_dir() and any(_is_image(p) for p in folder.iterdir())
+
+
 def _files_by_stem(folder: Path) -> dict[str, Path]:
-    """Map file stem -> path for the images directly inside ``folder`` (first extension wins)."""
+    """Map file stem -> path for the images directly inside ``folder``; when one stem has several
+    files, the extension earliest in EXTENSIONS wins (.jpg before .jpeg before .png)."""
     if not folder.is_dir():
         return {}
-    files: dict[str, Path] = {}
-    for ext in reversed(EXTENSIONS):
-        for path in folder.glob(f"*{ext}"):
-            files[path.stem] = path
-    return files
+    best: dict[str, tuple[int, Path]] = {}
+    for path in folder.iterdir():
+        if _is_image(path):
+            rank = EXTENSIONS.index(path.suffix.lower())
+            if path.stem not in best or rank < best[path.stem][0]:
+                best[path.stem] = (rank, path)
+    return {stem: path for stem, (_, path) in best.items()}

@@ -15,9 +15,10 @@ from .embedding import EmbeddingFeatures
 from .metadata import MetadataFeatures
 from .patient import PatientFeatures
 from .probe import LinearProbeFeatures
+from .source import SourceFeatures
 from .ugly_duckling import UglyDucklingFeatures
 
-GROUPS = ("metadata", "patient", "embedding", "probe", "ugly-duckling", "acquisition")
+GROUPS = ("metadata", "patient", "embedding", "probe", "ugly-duckling", "acquisition", "source")
 DEFAULT_GROUPS = ("metadata", "patient", "embedding", "probe", "ugly-duckling")
 IMAGE_GROUPS = frozenset({"embedding", "probe", "ugly-duckling"})
 
@@ -44,6 +45,8 @@ def create_feature_groups(
             groups.append(PatientFeatures())
         elif name == "acquisition":
             groups.append(AcquisitionFeatures())
+        elif name == "source":
+            groups.append(SourceFeatures())
         elif name == "embedding":
             groups += [EmbeddingFeatures(s, reduction, n_components, seed) for s in backbones]
         elif name == "probe":
@@ -70,8 +73,8 @@ def feature_group_of(column: str) -> str:
     prefix, _, rest = column.partition("__")
     if prefix == "meta":
         return "metadata"
-    if prefix in ("patient", "acq"):
-        return {"patient": "patient", "acq": "acquisition"}[prefix]
+    if prefix in ("patient", "acq", "source"):
+        return {"patient": "patient", "acq": "acquisition", "source": "source"}[prefix]
     if rest == "probe":
         return "probe"
     return "ugly-duckling" if rest.startswith("ud_") else "embedding"

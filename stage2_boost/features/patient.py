@@ -1,4 +1,4 @@
-"""Label-free per-patient statistics, computed within each split."""
+"""Label-free per-patient statistics, computed within each source (primary or extra set) and split."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ class PatientFeatures(LabelFreeGroup):
 
     def compute(self, data: StageData) -> pd.DataFrame:
         frame = data.frame.assign(age=data.frame["age_approx"].astype(float))
-        by_patient = frame.groupby(["split", "patient_id"], sort=False)
+        by_patient = frame.groupby(["source", "split", "patient_id"], sort=False)
         n_images = by_patient["image_name"].transform("size")
         age_min = by_patient["age"].transform("min")
         age_max = by_patient["age"].transform("max")
@@ -22,7 +22,7 @@ class PatientFeatures(LabelFreeGroup):
         site = frame["anatom_site_general_challenge"].astype("string").fillna("<missing>")
         same_site = (
             frame.assign(site=site)
-            .groupby(["split", "patient_id", "site"], sort=False)["image_name"]
+            .groupby(["source", "split", "patient_id", "site"], sort=False)["image_name"]
             .transform("size")
         )
         return pd.DataFrame(

@@ -24,7 +24,7 @@ class UglyDucklingFeatures(LabelFreeGroup):
         vectors = data.embeddings[self.slug].astype(np.float64)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
         out = np.full((len(vectors), 4), np.nan)
-        groups = data.frame.groupby(["split", "patient_id"], sort=False).indices
+        groups = data.frame.groupby(["source", "split", "patient_id"], sort=False).indices
         for rows in groups.values():
             if len(rows) > 1:
                 out[rows] = patient_outlier_stats(vectors[rows])

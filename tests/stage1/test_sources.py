@@ -244,3 +244,21 @@ def test_tfrecord_names_are_never_paths(tiny_dataset: Path) -> None:
         create_source(tiny_dataset, image_format="tfrecord"),
     )
     assert all(".." not in name for _, name in scan.refs) and len(scan.refs) == 12
+
+
+def test_flat_folder_and_any_letter_case_of_extensions(tiny_dataset: Path, tmp_path: Path) -> None:
+    """Archives name files ISIC_*.JPG and keep them in one folder (ISIC_2019_Training_Input/)."""
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    names = ["IMG_0000", "IMG_0001", "IMG_0002"]
+    for name, ext in zip(names, (".JPG", ".jpeg", ".Png"), strict=True):
+        shutil.copy(tiny_dataset / "jpeg" / "train" / f"{name}.jpg", flat / f"{name}{ext}")
+    shutil.copy(tiny_dataset / "jpeg" / "train" / "IMG_0000.jpg", flat / "IMG_0000.png")
+    source = create_source(tmp_path, images_dir=flat)
+    refs = source.index({"train": set(names)})
+    assert sorted(r.relative_path for r in refs.values()) == [
+        "IMG_0000.JPG",  # .jpg beats .png for the same stem
+        "IMG_0001.jpeg",
+        "IMG_0002.Png",
+    ]
+    assert source.probe(refs[("train", "IMG_0002")]).width == 48
