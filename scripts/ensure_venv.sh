@@ -15,7 +15,7 @@ if [ ! -f "$STAMP" ]; then
   fi
   echo "setting up $VENV (first run: installs torch, timm, LightGBM, XGBoost, Optuna; a few minutes)..." >&2
   [ -x "$VENV/bin/python" ] || "$PYTHON_BIN" -m venv "$VENV"
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[test]"
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[test,postgres]"
   rm -f "$VENV"/.installed-*
   touch "$STAMP"
 fi

@@ -24,9 +24,10 @@ from .extra import (
     resolve_duplicates,
 )
 from .metadata import load_metadata
-from .runner import BackboneResult, EmbedSettings, embed_backbone
+from .runner import BackboneResult, EmbedSettings, backbone_provenance, embed_backbone
 from .scan import ScanResult, metadata_only_manifest, scan_dataset
 from .schema import embeddings_path, input_fingerprint, write_manifest
+from .shards import ShardPlan
 from .sources import create_source
 from .weights import file_sha256
 
@@ -120,6 +121,10 @@ def _run_locked(config: Stage1Config, out: Path) -> Stage1Summary:
     refs = [scan.refs[k] for k in sorted(scan.refs)]
     settings = _embed_settings(config)
     summary = Stage1Summary(out, len(refs), source.format_name)
+    plan = ShardPlan(out) if config.num_shards > 1 else None
+    if plan is not None:
+        plan.join(config.shard_index, {"num_shards": config.num_shards, "input_fingerprint":
+                  fingerprint, "backbones": [s.text for s in specs]})  # fmt: skip
     for spec in specs:
         backbone = create_backbone(
             spec,
@@ -130,6 +135,9 @@ def _run_locked(config: Stage1Config, out: Path) -> Stage1Summary:
             crop_pct=config.crop_pct,
             crop_mode=config.crop_mode,
         )
+        if plan is not None:  # input size, crop, TTA, weights, precision, chunk size
+            provenance = backbone_provenance(backbone, settings, fingerprint, len(refs))
+            plan.join(config.shard_index, {f"settings of {spec.slug}": provenance["settings_hash"]})
         summary.results.append(embed_backbone(backbone, source, refs, out, fingerprint, settings))
     failures = _all_failures(scan, summary.results)
     summary.n_failures = len(failures)
@@ -139,6 +147,8 @@ def _run_locked(config: Stage1Config, out: Path) -> Stage1Summary:
     for result in summary.results:
         if result.status == "computed" and result.parts is not None:
             _assemble_once(result, out)
+    if plan is not None and summary.complete:
+        plan.finish()
     return summary
 
 

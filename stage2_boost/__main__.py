@@ -35,6 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--trials", type=int, default=20, help="trials added to each study this run")
     t.add_argument("--timeout", type=float, help="seconds of tuning per model")
     t.add_argument("--storage", help="Optuna storage URL (default sqlite:///OUT/optuna.db)")
+    t.add_argument(
+        "--heartbeat-grace",
+        type=int,
+        default=30,
+        help="seconds after which a trial of a killed worker is marked failed (shared storage)",
+    )
     t.add_argument("--max-rounds", type=int, default=2000)
     t.add_argument("--early-stopping", type=int, default=100)
     t.add_argument(
@@ -59,6 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--storage", help="Optuna storage URL (default sqlite:///OUT/optuna.db)")
             s.add_argument("--study", help="study name (default: list all)")
             s.add_argument("--top", type=int, default=5, help="best trials to show")
+    pg = sub.add_parser("postgres", help="start/stop a local PostgreSQL server for shared studies")
+    pg.add_argument("action", choices=["start", "stop"])
+    pg.add_argument("--dir", type=Path, required=True, help="folder of the server's data")
+    pg.add_argument("--port", type=int, help="TCP port (default: a free one)")
+    pg.add_argument(
+        "--listen",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1; '*' lets other machines connect)",
+    )
     for s in sub.choices.values():
         s.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -78,7 +93,7 @@ def _train(args: argparse.Namespace) -> int:
         models=_split(args.models) or (), n_folds=args.folds, seed=args.seed, n_trials=args.trials,
         timeout=args.timeout, storage=args.storage, max_rounds=args.max_rounds,
         early_stopping=args.early_stopping, n_bootstrap=args.bootstrap, report=not args.no_report,
-        extra_data=tuple(args.extra_data),
+        extra_data=tuple(args.extra_data), heartbeat_grace=args.heartbeat_grace,
     )  # fmt: skip
     result = run_training(config)
     print(format_run_summary(result.metrics, result.out_dir))
@@ -117,6 +132,20 @@ def format_run_summary(metrics: dict, out: Path) -> str:
     return "\n".join(lines)
 
 
+def _postgres(args: argparse.Namespace) -> int:
+    from .pgserver import URL_FILE, start_server, stop_server
+
+    if args.action == "stop":
+        stop_server(args.dir)
+        print(f"stopped the PostgreSQL server of {args.dir}")
+        return 0
+    server = start_server(args.dir, args.port, args.listen)
+    print(server.url())
+    print(f"(also in {args.dir / URL_FILE}; stop it with: python -m stage2_boost postgres stop "
+          f"--dir {args.dir})", file=sys.stderr)  # fmt: skip
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
@@ -127,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     def _main() -> int:
         if args.command == "train":
             return _train(args)
+        if args.command == "postgres":
+            return _postgres(args)
         if args.command == "inspect":
             from .inspect_studies import inspect_command
 

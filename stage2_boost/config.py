@@ -30,6 +30,7 @@ class Stage2Config:
     n_bootstrap: int = 1000
     report: bool = True
     extra_data: tuple[Path, ...] = ()  # --extra-data: dataset folders or stage 1 output folders
+    heartbeat_grace: int = 30  # seconds before a killed worker's RUNNING trial is marked FAIL
 
     def __post_init__(self) -> None:
         if self.reduction not in ("pca", "raw"):
@@ -43,6 +44,8 @@ class Stage2Config:
                 raise ConfigError(
                     f"Unknown feature group(s) {bad}; choose from {','.join(GROUPS)}."
                 )
+        if self.heartbeat_grace < 3:
+            raise ConfigError("--heartbeat-grace must be at least 3 seconds.")
         if self.n_folds < 2:
             raise ConfigError("--folds must be at least 2.")
         if self.n_trials < 0 or (self.n_components is not None and self.n_components < 1):

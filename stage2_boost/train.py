@@ -131,7 +131,7 @@ def _train_locked(config: Stage2Config, out: Path) -> RunResult:
     feature_set = _feature_set(config, groups, backbones, n_components, evaluation[0].X_fit.columns)
     feature_set["extra_sources"] = data.extra_sources
     _warn_if_too_few_positives(feature_set["n_features"], n_pos_all)
-    storage = open_storage(config.storage_url)
+    storage = open_storage(config.storage_url, config.heartbeat_grace)
     models = [
         _tune_and_evaluate(name, config, data, tuning, evaluation, storage, feature_set)
         for name in config.models

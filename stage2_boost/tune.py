@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,20 +28,79 @@ def mask_url(url: str) -> str:
 
 
 def open_storage(url: str, grace_seconds: int = GRACE_SECONDS) -> optuna.storages.BaseStorage:
-    """An Optuna storage for any RDB URL; heartbeats let killed trials be marked failed."""
+    """An Optuna storage for any RDB URL; heartbeats let killed trials be marked failed.
+
+    On PostgreSQL, workers that start together would all create Optuna's tables at once (one then
+    dies of a unique violation in ``pg_type``): the schema is created under an advisory lock."""
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    heartbeat = max(1, grace_seconds // 3)
     try:
-        return optuna.storages.RDBStorage(
-            url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=grace_seconds,
-            engine_kwargs={"pool_pre_ping": True},
-        )  # fmt: skip
+        with schema_lock(url):
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=heartbeat, grace_period=grace_seconds,
+                engine_kwargs={"pool_pre_ping": True},
+            )  # fmt: skip
     except Exception as err:  # SQLAlchemy/driver errors: the message may embed the URL
-        reason = mask_url(str(err).splitlines()[0] if str(err) else type(err).__name__)
-        raise ConfigError(
-            f"Cannot open the Optuna storage {mask_url(url)}: {reason}. Check that the database "
-            "is running and reachable, the driver is installed (e.g. psycopg2 for PostgreSQL), and "
-            "the URL is right; or omit --storage to use a local SQLite file."
-        ) from None
+        raise storage_error(url, err) from None
+
+
+@contextmanager
+def schema_lock(url: str) -> Iterator[None]:
+    """Hold a PostgreSQL advisory lock for the block (a no-op for other databases)."""
+    if not url.startswith("postgresql"):
+        yield
+        return
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": _LOCK_KEY})
+            try:
+                yield
+            finally:
+                connection.execute(
+                    sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": _LOCK_KEY}
+                )
+    finally:
+        engine.dispose()
+
+
+def storage_error(url: str, err: BaseException) -> ConfigError:
+    """One actionable paragraph for a storage that cannot be opened; never the password."""
+    text = str(err).strip()
+    if isinstance(err, ModuleNotFoundError) or "No module named" in text:
+        return ConfigError(
+            f"Cannot open the Optuna storage {mask_url(url)}: its database driver is not installed "
+            f"({text}). For PostgreSQL: pip install 'melanoma-stack[postgres]' (psycopg 3), and "
+            "use a postgresql:// or postgresql+psycopg:// URL."
+        )
+    lines = [line for line in text.splitlines() if line.strip() and "sqlalche.me" not in line]
+    reason = " ".join(lines[:2])[:400] if lines else type(err).__name__
+    reason = reason.replace(_password(url), "***") if _password(url) else reason
+    hint = next((h for key, h in _HINTS if key in text), _DEFAULT_HINT)
+    return ConfigError(
+        f"Cannot open the Optuna storage {mask_url(url)}: {mask_url(reason)}. {hint}"
+    )
+
+
+def _password(url: str) -> str:
+    match = re.search(r"://[^:/@]*:([^@]*)@", url)
+    return match.group(1) if match else ""
+
+
+_LOCK_KEY = 0x6D656C616E6F6D61  # "melanoma": one advisory lock for Optuna's schema
+_DEFAULT_HINT = (
+    "Check that the database is running and reachable and the URL is right; or omit --storage "
+    "to use a local SQLite file."
+)
+_HINTS = (
+    ("password authentication failed", "Check the user name and password in the URL."),
+    ("does not exist", "Create the database first (e.g. createdb), or fix its name in the URL."),
+    ("Connection refused", "No server listens there: start it (python -m stage2_boost postgres "
+     "start --dir DIR prints a working URL) or fix the host and port."),
+    ("could not translate host name", "The host name in the URL is unknown: fix it."),
+)  # fmt: skip
 
 
 def study_name(dataset: str, model: str, feature_key: str) -> str:
@@ -53,21 +114,32 @@ def open_study(
 
     ``exclusive`` says no other process can be using the storage (the default SQLite file under a
     locked output folder): trials still RUNNING were then interrupted, and are marked FAIL now
-    rather than after the heartbeat grace period.
+    rather than after the heartbeat grace period. On a database server several workers may share
+    the study: each then seeds its sampler with its process id too, so that workers starting at
+    the same moment do not propose the same parameters.
     """
-    try:
-        existing = optuna.load_study(study_name=name, storage=storage)
-        n_done = len(existing.trials)
-        if exclusive:
-            fail_interrupted_trials(existing)
-    except KeyError:
-        n_done = 0
-    sampler = optuna.samplers.TPESampler(seed=seed + n_done, multivariate=True)
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
-    return optuna.create_study(
-        study_name=name, storage=storage, sampler=sampler, pruner=pruner,
-        direction="maximize", load_if_exists=True,
-    )  # fmt: skip
+    url = str(getattr(storage, "url", ""))
+    shared = not url.startswith("sqlite")
+    with schema_lock(url):  # concurrent creators of one study wait for each other
+        try:
+            existing = optuna.load_study(study_name=name, storage=storage)
+            n_done = len(existing.trials)
+            if exclusive:
+                fail_interrupted_trials(existing)
+        except KeyError:
+            n_done = 0
+        worker = os.getpid() if shared else 0
+        sampler = optuna.samplers.TPESampler(seed=seed + n_done + worker, multivariate=True)
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+        study = optuna.create_study(
+            study_name=name, storage=storage, sampler=sampler, pruner=pruner,
+            direction="maximize", load_if_exists=True,
+        )  # fmt: skip
+    if shared:
+        logger.info("joined study %s in %s with %d trial(s) so far (worker pid %d); other "
+                    "workers may add trials at the same time", name, mask_url(url), n_done,
+                    os.getpid())  # fmt: skip
+    return study
 
 
 def fail_interrupted_trials(study: optuna.Study) -> int:
