@@ -29,6 +29,12 @@ Usage: ./run_all.sh [options]
                       drop extra images whose name is already in another source (default: error)
   --device D          auto | cpu | cuda (default auto)
   --stage S           1 | 2 | all (default all); --stage 2 reuses the cached embeddings
+  --model DIR         score instead of training: embed DATA with the saved model's backbones and
+                      preprocessing, then write OUT/predictions.csv and OUT/submission.csv
+                      (DIR is a training run's OUT/stage2/model; DATA may hold only test.csv, or
+                      no CSV at all: a bare folder of images)
+  --split S           with --model: the split to score, test (default when present) or train
+  --explain           with --model: each image's top contributions by feature group
   --smoke             tiny and fast (a small demo, one backbone, 2 trials): checks the install
   -h, --help          this help
 USAGE
@@ -37,7 +43,7 @@ USAGE
 die() { echo "error: $*" >&2; echo "run ./run_all.sh --help for usage" >&2; exit 2; }
 need() { [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value"; }
 
-EXTRA_ARGS=() DROP_DUPLICATES=0
+EXTRA_ARGS=() DROP_DUPLICATES=0 MODEL="" PREDICT_ARGS=()
 DATA="" OUT="" BACKBONES="" TRIALS=20 FEATURES="" TIMEOUT="" STORAGE="" WEIGHTS_DIR="" DEVICE=auto STAGE=all SMOKE=0
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -53,6 +59,9 @@ while [ $# -gt 0 ]; do
     --drop-extra-duplicates) DROP_DUPLICATES=1; shift ;;
     --device) need "$@"; DEVICE="$2"; shift 2 ;;
     --stage) need "$@"; STAGE="$2"; shift 2 ;;
+    --model) need "$@"; MODEL="$2"; shift 2 ;;
+    --split) need "$@"; PREDICT_ARGS+=(--split "$2"); shift 2 ;;
+    --explain) PREDICT_ARGS+=(--explain); shift ;;
     --smoke) SMOKE=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) die "unknown option '$1'" ;;
@@ -71,6 +80,7 @@ if [ "$SMOKE" = 1 ]; then
   TRIALS=2
   STAGE2_EXTRA+=(--folds 3 --bootstrap 200 --max-rounds 300 --early-stopping 30)
 fi
+[ -z "$MODEL" ] || [ -n "$DATA" ] || die "--model needs --data (the images to score)"
 if [ -z "$DATA" ]; then  # the generated demo (a smaller one for --smoke)
   if [ "$SMOKE" = 1 ]; then DATA=data/demo-smoke DEMO_ARGS=(--patients 30); else DATA=data/demo DEMO_ARGS=(); fi
   if [ ! -f "$DATA/train.csv" ]; then python -m stage1_embed.demo --out "$DATA" "${DEMO_ARGS[@]}"; fi
@@ -78,6 +88,18 @@ fi
 [ -d "$DATA" ] || die "--data $DATA is not a folder"
 OUT="${OUT:-data/out/$(basename "$(cd "$DATA" && pwd)")}"
 
+if [ -n "$MODEL" ]; then  # scoring with a saved model: no training
+  [ -d "$MODEL" ] || die "--model $MODEL is not a folder"
+  if [ "$STAGE" != 2 ]; then
+    echo "== stage 1: embeddings with the model's backbones ($DATA -> $OUT)"
+    python -m stage1_embed --data "$DATA" --out "$OUT" --device "$DEVICE" --model "$MODEL" \
+      ${WEIGHTS_DIR:+--weights-dir "$WEIGHTS_DIR"}
+  fi
+  echo "== scoring with $MODEL"
+  python -m stage2_boost predict --model "$MODEL" --features "$OUT" --out "$OUT" "${PREDICT_ARGS[@]}"
+  echo "== done in $(( $(date +%s) - START )) s (predictions: $OUT/predictions.csv)"
+  exit 0
+fi
 if [ "$STAGE" != 2 ]; then
   ARGS=(--data "$DATA" --out "$OUT" --device "$DEVICE")
   [ -n "$BACKBONES" ] && ARGS+=(--backbones "$BACKBONES")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from .backbones import DEFAULT_BACKBONES, HUB_PRESET, SPEC_FORMS
@@ -92,6 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="drop extra images whose name is already in another source (default: an error)",
     )
+    p.add_argument(
+        "--model",
+        type=Path,
+        help="score with this saved model (OUT/stage2/model): its backbones and preprocessing, "
+        "weights checked by sha256; no train.csv needed, a bare folder of images works; missing "
+        "or unreadable images are recorded per image",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -104,9 +112,18 @@ def config_from_args(args: argparse.Namespace) -> Stage1Config:
         else tuple(b.strip() for b in args.backbones.split(",") if b.strip())
     )
     tta = tuple(v.strip() for v in args.tta.split(",") if v.strip())
+    scoring = {}
+    if args.model is not None:  # the model decides what to compute, not the CLI defaults
+        from .scoring import model_backbones
+
+        model = model_backbones(args.model)
+        backbones = tuple(b.spec for b in model)
+        tta = model[0].tta if model else ()
+        scoring = {"model_dir": args.model, "skip_missing": True, "max_failures": 10**9,
+                   "precision": model[0].precision if model and model[0].precision != "fp32" else "auto"}  # fmt: skip
     if set(tta) - set(TTA_VIEWS):
         raise ConfigError(f"--tta {args.tta!r}: views must be among {','.join(TTA_VIEWS)}.")
-    return Stage1Config(
+    config = Stage1Config(
         data_dir=args.data,
         out_dir=args.out,
         train_csv=args.train_csv,
@@ -135,6 +152,7 @@ def config_from_args(args: argparse.Namespace) -> Stage1Config:
         extra_data=tuple(args.extra_data),
         drop_extra_duplicates=args.drop_extra_duplicates,
     )
+    return replace(config, **scoring) if scoring else config
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,6 +44,7 @@ class Stage1Config:
     extra_data: tuple[Path, ...] = ()  # --extra-data folders: training rows only, see extra.py
     drop_extra_duplicates: bool = False
     train_only: bool = False  # an extra dataset: its test.csv (if any) is not read
+    model_dir: Path | None = None  # scoring: the saved model's backbones and preprocessing
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.chunk_size < 1:

@@ -40,3 +40,7 @@ class OutputError(MelanomaStackError):
 
 class TrainingError(MelanomaStackError):
     """The training data cannot support the requested cross-validation."""
+
+
+class ModelError(MelanomaStackError):
+    """A saved model folder is missing, damaged, tampered with, or from another schema."""

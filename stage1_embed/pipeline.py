@@ -12,9 +12,9 @@ import pandas as pd
 from filelock import FileLock, Timeout
 
 from .atomic import atomic_path, atomic_write_text
-from .backbones import create_backbone, parse_backbone_spec
+from .backbones import Backbone, BackboneSpec, create_backbone, parse_backbone_spec
 from .config import Stage1Config
-from .errors import DataError, OutputError
+from .errors import DataError, OutputError, WeightsError
 from .extra import (
     NORMALISED_CSV,
     check_unique_sources,
@@ -24,9 +24,16 @@ from .extra import (
     resolve_duplicates,
 )
 from .metadata import load_metadata
-from .runner import BackboneResult, EmbedSettings, backbone_provenance, embed_backbone
+from .runner import BackboneResult, EmbedSettings, backbone_provenance, embed_backbone, jsonable
 from .scan import ScanResult, metadata_only_manifest, scan_dataset
 from .schema import embeddings_path, input_fingerprint, write_manifest
+from .scoring import (
+    ModelBackbone,
+    check_same_backbone,
+    load_scoring_metadata,
+    model_backbones,
+    weights_missing,
+)
 from .shards import ShardPlan
 from .sources import create_source
 from .weights import file_sha256
@@ -105,12 +112,18 @@ def _extra_configs(config: Stage1Config, out: Path) -> list[Stage1Config]:
 
 def _run_locked(config: Stage1Config, out: Path) -> Stage1Summary:
     specs = [parse_backbone_spec(text) for text in config.backbones]  # bad specs fail first
+    expected = {b.slug: b for b in model_backbones(config.model_dir)} if config.model_dir else {}
     resolved = json.dumps(asdict(config), indent=2, default=str)  # Paths as text
     atomic_write_text(out / "stage1_config.json", resolved)
-    table = load_metadata(config.train_csv_path, config.test_csv_path)
+    if config.model_dir is not None:
+        table, bare = load_scoring_metadata(
+            config.train_csv_path, config.test_csv_path, config.data_dir, config.images_dir
+        )
+    else:
+        table, bare = load_metadata(config.train_csv_path, config.test_csv_path), False
     if not specs:
         scan = metadata_only_manifest(table)
-        _write_manifest(scan, config, "metadata-only", {})
+        _write_manifest(scan, config, "metadata-only", {}, bare)
         return Stage1Summary(out, len(table), None)
     source = create_source(
         config.data_dir, config.images_dir, config.image_format, config.max_pixels
@@ -126,15 +139,7 @@ def _run_locked(config: Stage1Config, out: Path) -> Stage1Summary:
         plan.join(config.shard_index, {"num_shards": config.num_shards, "input_fingerprint":
                   fingerprint, "backbones": [s.text for s in specs]})  # fmt: skip
     for spec in specs:
-        backbone = create_backbone(
-            spec,
-            config.weights_dir,
-            allow_random=config.allow_random_init,
-            random_init=config.random_init,
-            input_size=config.input_size,
-            crop_pct=config.crop_pct,
-            crop_mode=config.crop_mode,
-        )
+        backbone = _backbone(spec, config, expected.get(spec.slug))
         if plan is not None:  # input size, crop, TTA, weights, precision, chunk size
             provenance = backbone_provenance(backbone, settings, fingerprint, len(refs))
             plan.join(config.shard_index, {f"settings of {spec.slug}": provenance["settings_hash"]})
@@ -142,7 +147,7 @@ def _run_locked(config: Stage1Config, out: Path) -> Stage1Summary:
     failures = _all_failures(scan, summary.results)
     summary.n_failures = len(failures)
     summary.complete = all(r.status != "waiting-for-shards" for r in summary.results)
-    _write_manifest(scan, config, fingerprint, failures)
+    _write_manifest(scan, config, fingerprint, failures, bare)
     _check_failure_limit(failures, config.max_failures, out)
     for result in summary.results:
         if result.status == "computed" and result.parts is not None:
@@ -150,6 +155,26 @@ def _run_locked(config: Stage1Config, out: Path) -> Stage1Summary:
     if plan is not None and summary.complete:
         plan.finish()
     return summary
+
+
+def _backbone(spec: BackboneSpec, config: Stage1Config, expected: ModelBackbone | None) -> Backbone:
+    """Build one backbone: with the CLI's preprocessing, or exactly as a saved model had it."""
+    if expected is None:
+        return create_backbone(
+            spec, config.weights_dir, allow_random=config.allow_random_init,
+            random_init=config.random_init, input_size=config.input_size,
+            crop_pct=config.crop_pct, crop_mode=config.crop_mode,
+        )  # fmt: skip
+    preprocessing = expected.preprocessing
+    try:
+        backbone = create_backbone(
+            spec, config.weights_dir, input_size=expected.input_size,
+            crop_pct=preprocessing.get("crop_pct"), crop_mode=preprocessing.get("crop_mode"),
+        )  # fmt: skip
+    except WeightsError as err:
+        raise weights_missing(expected, err) from None
+    check_same_backbone(expected, backbone.weights.sha256, jsonable(backbone.data_config))
+    return backbone
 
 
 def _assemble_once(result: BackboneResult, out: Path) -> None:
@@ -201,8 +226,9 @@ def _all_failures(scan: ScanResult, results: list[BackboneResult]) -> dict[tuple
 
 
 def _write_manifest(
-    scan: ScanResult, config: Stage1Config, fingerprint: str, failures: dict[tuple[str, str], str]
-) -> None:
+    scan: ScanResult, config: Stage1Config, fingerprint: str,
+    failures: dict[tuple[str, str], str], patients_from_image_names: bool = False,
+) -> None:  # fmt: skip
     manifest = scan.manifest.copy()
     errors = pd.Series(failures, dtype=object)
     if len(errors):
@@ -210,11 +236,13 @@ def _write_manifest(
         failed = keys.isin(errors.index)
         manifest.loc[failed, "read_status"] = "failed"
         manifest.loc[failed, "read_error"] = errors.reindex(keys[failed]).to_numpy()
+    has_train = Path(config.train_csv_path).is_file()
     provenance = {
         "input_fingerprint": fingerprint,
         "dataset": Path(config.data_dir).resolve().name,
-        "train_csv": str(Path(config.train_csv_path).resolve()),
-        "train_csv_sha256": file_sha256(config.train_csv_path),
+        "train_csv": str(Path(config.train_csv_path).resolve()) if has_train else None,
+        "train_csv_sha256": file_sha256(config.train_csv_path) if has_train else None,
+        "patients_from_image_names": patients_from_image_names,
         "test_csv": str(config.test_csv_path) if config.test_csv_path else None,
         "backbones": list(config.backbones),
         "n_dropped_missing": scan.n_dropped_missing,

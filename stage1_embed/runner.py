@@ -78,7 +78,7 @@ def backbone_provenance(
         "num_features": backbone.num_features,
         "weights": {"source": w.source, "location": w.location, "sha256": w.sha256},
         "pretrained": w.pretrained,
-        "preprocessing": _jsonable(backbone.data_config),
+        "preprocessing": jsonable(backbone.data_config),
         "tta_views": list(settings.tta),
         "precision": settings.precision,
         "chunk_size": settings.chunk_size,
@@ -184,7 +184,8 @@ def _is_current(path: Path, settings_hash: str) -> bool:
         return False
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """``value`` as JSON would give it back (tuples as lists, other objects as text)."""
     return json.loads(
         json.dumps(value, default=lambda v: list(v) if isinstance(v, tuple) else str(v))
     )

@@ -54,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra training set: the folder given to stage 1's --extra-data (its outputs are in "
         "FEATURES/extra/<name>) or a stage 1 output folder; repeatable; rows only ever train",
     )
+    t.add_argument(
+        "--save-model",
+        type=Path,
+        help="also keep this run's model in DIR (it is always written to OUT/model)",
+    )
     t.add_argument("--no-report", action="store_true")
     for name, helptext in (
         ("inspect", "list Optuna studies, or show one with plots"),
@@ -65,6 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--storage", help="Optuna storage URL (default sqlite:///OUT/optuna.db)")
             s.add_argument("--study", help="study name (default: list all)")
             s.add_argument("--top", type=int, default=5, help="best trials to show")
+    pr = sub.add_parser("predict", help="score embedded images with a saved model")
+    pr.add_argument("--model", type=Path, required=True, help="model folder (OUT/stage2/model)")
+    pr.add_argument("--features", dest="features_dir", type=Path, required=True,
+                    help="stage 1 outputs of the images to score (python -m stage1_embed --model ...)")  # fmt: skip
+    pr.add_argument("--out", type=Path, help="where predictions.csv goes (default: FEATURES)")
+    pr.add_argument(
+        "--split", choices=["train", "test"], help="split to score (default: test if any)"
+    )
+    pr.add_argument("--explain", action="store_true",
+                    help="add each image's top contributions by feature group (TreeSHAP)")  # fmt: skip
     pg = sub.add_parser("postgres", help="start/stop a local PostgreSQL server for shared studies")
     pg.add_argument("action", choices=["start", "stop"])
     pg.add_argument("--dir", type=Path, required=True, help="folder of the server's data")
@@ -94,6 +109,7 @@ def _train(args: argparse.Namespace) -> int:
         timeout=args.timeout, storage=args.storage, max_rounds=args.max_rounds,
         early_stopping=args.early_stopping, n_bootstrap=args.bootstrap, report=not args.no_report,
         extra_data=tuple(args.extra_data), heartbeat_grace=args.heartbeat_grace,
+        save_model=args.save_model,
     )  # fmt: skip
     result = run_training(config)
     print(format_run_summary(result.metrics, result.out_dir))
@@ -156,6 +172,13 @@ def main(argv: list[str] | None = None) -> int:
     def _main() -> int:
         if args.command == "train":
             return _train(args)
+        if args.command == "predict":
+            from .model.predict import format_predict_summary, run_predict
+
+            summary = run_predict(args.model, args.features_dir, args.out or args.features_dir,
+                                  args.split, args.explain)  # fmt: skip
+            print(format_predict_summary(summary))
+            return 0
         if args.command == "postgres":
             return _postgres(args)
         if args.command == "inspect":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -60,6 +61,20 @@ class BoosterAdapter(ABC):
     @abstractmethod
     def gain_importance(self, fitted: Fitted) -> dict[str, float]:
         """Total gain per feature name."""
+
+    model_suffix: ClassVar[str]  # the library's own model format
+
+    @abstractmethod
+    def save(self, fitted: Fitted, path: Path) -> None:
+        """Write the model in the library's own format (no pickle), its used rounds only."""
+
+    @abstractmethod
+    def load(self, path: Path) -> Fitted:
+        """Read a model written by ``save``."""
+
+    @abstractmethod
+    def contributions(self, fitted: Fitted, X: pd.DataFrame) -> np.ndarray:
+        """TreeSHAP contributions in log-odds, one column per feature plus the bias (last)."""
 
 
 class LightGBMAdapter(BoosterAdapter):
@@ -127,6 +142,22 @@ class LightGBMAdapter(BoosterAdapter):
         gains = fitted.model.feature_importance("gain", iteration=fitted.best_iteration)
         return dict(zip(fitted.model.feature_name(), map(float, gains), strict=True))
 
+    model_suffix = ".txt"
+
+    def save(self, fitted: Fitted, path: Path) -> None:
+        fitted.model.save_model(str(path), num_iteration=fitted.best_iteration)
+
+    def load(self, path: Path) -> Fitted:
+        import lightgbm as lgb
+
+        booster = lgb.Booster(model_file=str(path))
+        return Fitted(booster, booster.current_iteration())
+
+    def contributions(self, fitted: Fitted, X: pd.DataFrame) -> np.ndarray:
+        return np.asarray(
+            fitted.model.predict(X, num_iteration=fitted.best_iteration, pred_contrib=True)
+        )
+
 
 class XGBoostAdapter(BoosterAdapter):
     name = "xgb"
@@ -186,6 +217,28 @@ class XGBoostAdapter(BoosterAdapter):
         return {
             k: float(v) for k, v in fitted.model.get_score(importance_type="total_gain").items()
         }
+
+    model_suffix = ".ubj"
+
+    def save(self, fitted: Fitted, path: Path) -> None:
+        fitted.model[: fitted.best_iteration].save_model(str(path))
+
+    def load(self, path: Path) -> Fitted:
+        import xgboost as xgb
+
+        booster = xgb.Booster(model_file=str(path))
+        booster.set_param({"nthread": N_THREADS})
+        return Fitted(booster, booster.num_boosted_rounds())
+
+    def contributions(self, fitted: Fitted, X: pd.DataFrame) -> np.ndarray:
+        import xgboost as xgb
+
+        matrix = xgb.DMatrix(X, enable_categorical=True, nthread=N_THREADS)
+        return np.asarray(
+            fitted.model.predict(
+                matrix, iteration_range=(0, fitted.best_iteration), pred_contribs=True
+            )
+        )
 
 
 BOOSTERS: dict[str, type[BoosterAdapter]] = {"lgbm": LightGBMAdapter, "xgb": XGBoostAdapter}

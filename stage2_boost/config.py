@@ -30,6 +30,7 @@ class Stage2Config:
     n_bootstrap: int = 1000
     report: bool = True
     extra_data: tuple[Path, ...] = ()  # --extra-data: dataset folders or stage 1 output folders
+    save_model: Path | None = None  # a copy of the model folder kept outside OUT/stage2/model
     heartbeat_grace: int = 30  # seconds before a killed worker's RUNNING trial is marked FAIL
 
     def __post_init__(self) -> None:

@@ -11,7 +11,7 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedGroupKFold
 
-from .boosters import BoosterAdapter
+from .boosters import BoosterAdapter, Fitted
 from .data import StageData
 from .features import FeatureGroup, build_features
 
@@ -37,6 +37,7 @@ class FoldMatrices:
     prepared: dict[tuple[str, bool], Any] = field(
         default_factory=dict
     )  # (adapter, whole) -> native data
+    groups: list[FeatureGroup] = field(default_factory=list)  # fitted on this fold's training part
 
     def native(self, adapter: BoosterAdapter, whole: bool = False) -> Any:
         """The adapter's data for this fold, built on first use and kept: fit + early-stopping
@@ -60,6 +61,7 @@ class CVResult:
     best_iterations: list[int]
     test_pred: np.ndarray | None
     importance: dict[str, float] = field(default_factory=dict)  # mean gain over folds
+    models: list[Fitted] = field(default_factory=list)  # per fold, when asked to keep them
 
     @property
     def mean_auc(self) -> float:
@@ -89,11 +91,12 @@ def prepare_folds(
         row_sets = [fit, stop, valid] + (
             [test_rows] if test_rows is not None and len(test_rows) else []
         )
-        matrices = build_features(make_groups(), data, np.concatenate([fit, stop]), row_sets)
+        groups = make_groups()
+        matrices = build_features(groups, data, np.concatenate([fit, stop]), row_sets)
         X_test = matrices[3] if len(matrices) > 3 else None
         X_fit, X_stop, X_valid = matrices[:3]
         out.append(FoldMatrices(fold, fit, stop, valid, X_fit, X_stop, X_valid, X_test,
-                                target[fit], target[stop], target[valid]))  # fmt: skip
+                                target[fit], target[stop], target[valid], groups=groups))  # fmt: skip
     return out
 
 
@@ -111,6 +114,7 @@ def cross_validate(
     params: dict[str, Any],
     on_fold: Callable[[int, float], None] | None = None,
     n_rounds: int | None = None,
+    keep_models: bool = False,
 ) -> CVResult:
     """Fit one model per fold; ``on_fold(fold, running mean AUC)`` may stop early (pruning).
 
@@ -119,6 +123,7 @@ def cross_validate(
     pooled out-of-fold predictions comparable (the reported evaluation)."""
     n = sum(len(f.valid_rows) for f in folds)
     oof, aucs, iterations, tests = np.full(n, np.nan), [], [], []
+    kept: list[Fitted] = []
     gains: dict[str, float] = {}
     offsets = np.cumsum([0] + [len(f.valid_rows) for f in folds])
     for fold, start in zip(folds, offsets[:-1], strict=True):
@@ -131,10 +136,12 @@ def cross_validate(
             gains[name] = gains.get(name, 0.0) + gain / len(folds)
         if fold.X_test is not None:
             tests.append(adapter.predict(fitted, fold.X_test))
+        if keep_models:
+            kept.append(fitted)
         if on_fold is not None:
             on_fold(fold.fold, float(np.mean(aucs)))
     test_pred = np.mean(tests, axis=0) if tests else None
-    return CVResult(oof, aucs, iterations, test_pred, gains)
+    return CVResult(oof, aucs, iterations, test_pred, gains, kept)
 
 
 def oof_rows(folds: Sequence[FoldMatrices]) -> np.ndarray:

@@ -110,7 +110,7 @@ def _with_extra(data: StageData, extra: StageData, folder: Path) -> StageData:
     for slug, prov in data.embedding_provenance.items():
         theirs = extra.embedding_provenance[slug]
         for key in ("weights", "preprocessing", "tta_views", "precision"):
-            if _comparable(prov.get(key)) != _comparable(theirs.get(key)):
+            if comparable_provenance(prov.get(key)) != comparable_provenance(theirs.get(key)):
                 raise ContractError(
                     f"{slug}: the extra data in {folder} was embedded with other {key} "
                     f"({theirs.get(key)}) than the primary data ({prov.get(key)}); their features "
@@ -134,7 +134,7 @@ def _with_extra(data: StageData, extra: StageData, folder: Path) -> StageData:
     )  # fmt: skip
 
 
-def _comparable(value: Any) -> Any:
+def comparable_provenance(value: Any) -> Any:
     """Provenance values without file locations (the same weights may sit in two places)."""
     if isinstance(value, dict):
         return {k: v for k, v in value.items() if k != "location"}

@@ -4,8 +4,16 @@ from stage1_embed.errors import (
     ConfigError,
     ContractError,
     MelanomaStackError,
+    ModelError,
     OutputError,
     TrainingError,
 )
 
-__all__ = ["ConfigError", "ContractError", "MelanomaStackError", "OutputError", "TrainingError"]
+__all__ = [
+    "ConfigError",
+    "ContractError",
+    "MelanomaStackError",
+    "ModelError",
+    "OutputError",
+    "TrainingError",
+]

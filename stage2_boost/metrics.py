@@ -1,9 +1,8 @@
-"""AUC, patient-bootstrap confidence intervals, and rank blending."""
+"""AUC and patient-bootstrap confidence intervals (the blend and calibration: model/calibration.py)."""
 
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score
 
 
@@ -27,11 +26,6 @@ def bootstrap_auc_ci(
         values.append(roc_auc_score(target[keep], score[keep], sample_weight=weights[keep]))
     low, high = np.percentile(values, [2.5, 97.5])
     return float(low), float(high)
-
-
-def rank_blend(*scores: np.ndarray) -> np.ndarray:
-    """Average of the models' percentile ranks, in (0, 1]."""
-    return np.mean([rankdata(s) / len(s) for s in scores], axis=0)
 
 
 def _factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

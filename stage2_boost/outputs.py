@@ -25,8 +25,9 @@ def write_parquet(frame: pd.DataFrame, path: Path) -> None:
 
 
 def write_submission(test_pred: pd.DataFrame, path: Path) -> None:
-    """Kaggle ``image_name,target``; refuses anything that would not score."""
-    submission = test_pred[["image_name", "blend"]].rename(columns={"blend": "target"})
+    """Kaggle ``image_name,target`` with the calibrated probability (it ranks as the blend does);
+    refuses anything that would not score."""
+    submission = test_pred[["image_name", "probability"]].rename(columns={"probability": "target"})
     values = submission["target"].to_numpy()
     if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1:
         raise OutputError("Submission values must be finite and within [0, 1]; this is a bug.")

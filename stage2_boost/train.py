@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from filelock import FileLock, Timeout
+from scipy.special import expit
 
 from .boosters import create_booster
 from .config import Stage2Config
@@ -20,7 +21,15 @@ from .data import StageData, load_stage_data
 from .errors import ConfigError, OutputError
 from .features import DEFAULT_GROUPS, IMAGE_GROUPS, create_feature_groups
 from .folds import load_or_make_folds
-from .metrics import auc, bootstrap_auc_ci, rank_blend
+from .metrics import auc, bootstrap_auc_ci
+from .model.calibration import (
+    Platt,
+    blend_logit,
+    brier,
+    cross_fitted,
+    expected_calibration_error,
+)
+from .model.save import MODEL_DIR, ModelContent, save_model
 from .outputs import RUNS_FILE, append_run, write_metrics, write_parquet, write_submission
 from .tune import (
     best_choice,
@@ -136,15 +145,19 @@ def _train_locked(config: Stage2Config, out: Path) -> RunResult:
         _tune_and_evaluate(name, config, data, tuning, evaluation, storage, feature_set)
         for name in config.models
     ]
-    metrics = _metrics(config, data, models, evaluation, feature_set, run_id)
+    blend = _blend(data, models, evaluation)
+    metrics = _metrics(config, data, models, evaluation, feature_set, run_id, blend)
     metrics["extra"] = _extra_summary(data, extra_rows)
     if "acquisition" in groups:
         metrics["oof_auc_without_acquisition"] = _auc_without_acquisition(
             config, data, models, train_rows, eval_folds, eval_seed, groups, make_groups,
             extra_rows,
         )  # fmt: skip
+    metrics["model"] = _save_models(
+        config, out, data, models, evaluation, feature_set, metrics, blend
+    )
     metrics["seconds"] = round(time.perf_counter() - started, 1)
-    _write_outputs(out, data, models, evaluation, metrics, config)
+    _write_outputs(out, data, models, evaluation, metrics, config, blend)
     return RunResult(run_id, metrics, out, models)
 
 
@@ -164,6 +177,35 @@ def _extra_summary(data: StageData, extra_rows: np.ndarray) -> dict[str, Any]:
         "oof_auc": None,
         "note": "extra rows only train (never validated), so they have no out-of-fold AUC",
     }
+
+
+_MODEL_PROVENANCE = ("backbone_spec", "slug", "architecture", "num_features", "weights", "pretrained",
+                     "preprocessing", "tta_views", "precision", "chunk_size", "settings_hash")  # fmt: skip
+
+
+def _save_models(
+    config: Stage2Config, out: Path, data: StageData, models: list[ModelResult],
+    evaluation: list[FoldMatrices], feature_set: dict[str, Any], metrics: dict[str, Any],
+    blended: BlendResult,
+) -> dict[str, Any]:  # fmt: skip
+    """Write OUT/stage2/model (and --save-model DIR): everything needed to score new images."""
+    summary = {k: metrics[k] for k in ("run_id", "dataset", "oof_auc", "oof_auc_ci95", "n_train",
+                                       "n_pos", "calibration", "extra")}  # fmt: skip
+    content = ModelContent(
+        run_id=metrics["run_id"], dataset=data.dataset, feature_set=feature_set,
+        columns=list(evaluation[0].X_fit.columns), evaluation=evaluation,
+        boosters={m.name: (create_booster(m.name), m.cv.models,
+                           {"params": m.params, "n_rounds": m.n_rounds, "study": m.study}) for m in models},
+        platt={"slope": blended.platt.slope, "intercept": blended.platt.intercept},
+        backbones={slug: {k: p.get(k) for k in _MODEL_PROVENANCE}
+                   for slug, p in data.embedding_provenance.items()},
+        metrics=summary, config=config.to_json(),
+    )  # fmt: skip
+    folders = [out / MODEL_DIR, *([config.save_model] if config.save_model else [])]
+    for folder in folders:
+        save_model(folder, content)
+    logger.info("model saved to %s", ", ".join(map(str, folders)))
+    return {"folders": [str(f) for f in folders], "run_id": metrics["run_id"]}
 
 
 def _warn_if_too_few_positives(n_features: int, n_pos: int) -> None:
@@ -221,7 +263,7 @@ def _tune_and_evaluate(
         choice.best_iterations or cross_validate(adapter, tuning, choice.params).best_iterations
     )
     n_rounds = max(1, round(float(np.median(iterations))))
-    result = cross_validate(adapter, evaluation, choice.params, n_rounds=n_rounds)
+    result = cross_validate(adapter, evaluation, choice.params, n_rounds=n_rounds, keep_models=True)
     return ModelResult(
         name,
         study.study_name,
@@ -233,9 +275,28 @@ def _tune_and_evaluate(
     )
 
 
+@dataclass(frozen=True)
+class BlendResult:
+    """The models' OOF log-odds averaged (batch-independent), and its Platt calibration."""
+
+    oof_logit: np.ndarray
+    platt: Platt
+    oof_probability: np.ndarray  # cross-fitted calibration: each fold calibrated by the others
+
+
+def _blend(
+    data: StageData, models: list[ModelResult], evaluation: list[FoldMatrices]
+) -> BlendResult:
+    target = data.target[oof_rows(evaluation)]
+    score = blend_logit(*[m.cv.oof for m in models])
+    return BlendResult(
+        score, Platt.fit(score, target), cross_fitted(score, target, oof_folds(evaluation))
+    )
+
+
 def _metrics(
     config: Stage2Config, data: StageData, models: list[ModelResult], evaluation: list[FoldMatrices],
-    feature_set: dict[str, Any], run_id: str,
+    feature_set: dict[str, Any], run_id: str, blended: BlendResult,
 ) -> dict[str, Any]:  # fmt: skip
     rows = oof_rows(evaluation)
     target = data.target[rows]
@@ -252,7 +313,7 @@ def _metrics(
             "fold_aucs": model.cv.fold_aucs, "n_rounds": model.n_rounds,
             "params": model.params, "study": model.study, "n_trials_in_study": model.n_trials,
         }  # fmt: skip
-    blend = rank_blend(*[m.cv.oof for m in models])
+    blend = blended.oof_logit
     fold_aucs = [auc(target[folds == k], blend[folds == k]) for k in range(len(evaluation))]
     tuning_values = [m.tuning_auc for m in models if m.tuning_auc is not None]
     return {
@@ -262,6 +323,7 @@ def _metrics(
             bootstrap_auc_ci(target, blend, patients, config.n_bootstrap, config.seed)
         ),
         "tuning_auc": max(tuning_values) if tuning_values else None,
+        "calibration": _calibration_metrics(target, blended),
         "fold_aucs": fold_aucs,
         "models": per_model,
         "n_train": len(target),
@@ -283,6 +345,22 @@ def _metrics(
         "trials_this_run": config.n_trials,
         "storage": mask_url(config.storage_url),
         "config": config.to_json(),
+    }
+
+
+def _calibration_metrics(target: np.ndarray, blended: BlendResult) -> dict[str, Any]:
+    raw = expit(blended.oof_logit)
+    calibrated = blended.oof_probability
+    return {
+        "method": "platt on the mean log-odds of the models, fitted on OOF predictions",
+        "slope": blended.platt.slope,
+        "intercept": blended.platt.intercept,
+        "brier": brier(target, calibrated),
+        "ece": expected_calibration_error(target, calibrated),
+        "brier_uncalibrated": brier(target, raw),
+        "ece_uncalibrated": expected_calibration_error(target, raw),
+        "brier_base_rate": brier(target, np.full(len(target), target.mean())),
+        "evaluated": "cross-fitted: each fold calibrated by a fit on the other folds",
     }
 
 
@@ -314,12 +392,12 @@ def _auc_without_acquisition(
                                  early_stopping=config.early_stopping, n_rows=len(folds[0].fit_rows))  # fmt: skip
         preds.append(cross_validate(adapter, folds, model.params, n_rounds=model.n_rounds).oof)
     target = data.target[oof_rows(folds)]
-    return auc(target, rank_blend(*preds))
+    return auc(target, blend_logit(*preds))
 
 
 def _write_outputs(
     out: Path, data: StageData, models: list[ModelResult], evaluation: list[FoldMatrices],
-    metrics: dict[str, Any], config: Stage2Config,
+    metrics: dict[str, Any], config: Stage2Config, blended: BlendResult,
 ) -> None:  # fmt: skip
     rows = oof_rows(evaluation)
     frame = data.frame
@@ -329,14 +407,16 @@ def _write_outputs(
         "fold": oof_folds(evaluation),
         "target": data.target[rows],
         **{m.name: m.cv.oof for m in models},
-        "blend": rank_blend(*[m.cv.oof for m in models]),
+        "blend": expit(blended.oof_logit),
+        "probability": blended.oof_probability,
     })  # fmt: skip
     write_parquet(oof, out / "oof.parquet")
     if models[0].cv.test_pred is not None:
         test_rows = data.split_index("test")
         tests = {m.name: m.cv.test_pred for m in models if m.cv.test_pred is not None}
+        test_logit = blend_logit(*tests.values())
         test_pred = pd.DataFrame({"image_name": frame["image_name"].to_numpy()[test_rows], **tests,
-                                  "blend": rank_blend(*tests.values())})  # fmt: skip
+                                  "blend": expit(test_logit), "probability": blended.platt(test_logit)})  # fmt: skip
         write_parquet(test_pred, out / "test_pred.parquet")
         write_submission(test_pred, out / "submission.csv")
     importance = pd.DataFrame([

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -18,6 +19,14 @@ class FeatureGroup(ABC):
     def fit(self, data: StageData, rows: np.ndarray) -> FeatureGroup:
         """Learn whatever the group learns, from ``rows`` only (a fold's training part)."""
         return self
+
+    def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """What ``fit`` learned, as JSON values and numeric arrays (a saved model stores them)."""
+        return {}, {}
+
+    def set_state(self, values: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        """Restore what ``get_state`` returned, as if ``fit`` had run."""
+        del values, arrays  # a group that learns nothing has nothing to restore
 
     @abstractmethod
     def transform(self, data: StageData, rows: np.ndarray) -> pd.DataFrame:

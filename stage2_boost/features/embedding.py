@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 from sklearn.decomposition import PCA
@@ -30,6 +32,24 @@ class EmbeddingFeatures(FeatureGroup):
             k = min(self.n_components, vectors.shape[1], max(1, len(rows) - 1))
             self.pca_ = PCA(k, svd_solver="randomized", random_state=self.seed).fit(vectors)
         return self
+
+    def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        if self.pca_ is None:
+            return {}, {}
+        pca = self.pca_
+        return {"n_components": int(pca.n_components_)}, {
+            "components": pca.components_, "mean": pca.mean_,
+            "explained_variance": pca.explained_variance_,
+        }  # fmt: skip
+
+    def set_state(self, values: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        if self.reduction != "pca":
+            return
+        pca = PCA(values["n_components"])
+        pca.components_, pca.mean_ = arrays["components"], arrays["mean"]
+        pca.explained_variance_ = arrays["explained_variance"]
+        pca.n_components_, pca.n_features_in_ = values["n_components"], len(arrays["mean"])
+        self.pca_ = pca
 
     def transform(self, data: StageData, rows: np.ndarray) -> pd.DataFrame:
         vectors = data.embeddings[self.slug][rows]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
@@ -24,6 +26,12 @@ class MetadataFeatures(FeatureGroup):
             for name, column in CATEGORICAL.items()
         }
         return self
+
+    def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        return {"levels": self.levels_}, {}
+
+    def set_state(self, values: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        self.levels_ = {name: list(levels) for name, levels in values["levels"].items()}
 
     def transform(self, data: StageData, rows: np.ndarray) -> pd.DataFrame:
         part = data.frame.iloc[rows]

@@ -7,6 +7,8 @@ every other row is scored by a probe fitted on the whole training part.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
@@ -42,6 +44,24 @@ class LinearProbeFeatures(FeatureGroup):
         self.oof_ = dict(zip(rows.tolist(), oof.tolist(), strict=True))
         self.model_ = _probe().fit(X, y)
         return self
+
+    def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        if self.model_ is None:
+            return {}, {}
+        scaler, logistic = self.model_[0], self.model_[-1]
+        return {}, {"scaler_mean": scaler.mean_, "scaler_scale": scaler.scale_,
+                    "coef": logistic.coef_, "intercept": logistic.intercept_}  # fmt: skip
+
+    def set_state(self, values: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        """The probe fitted on the whole training part (new rows never had inner OOF scores)."""
+        model = _probe()
+        scaler, logistic = model[0], model[-1]
+        scaler.mean_, scaler.scale_ = arrays["scaler_mean"], arrays["scaler_scale"]
+        scaler.var_ = arrays["scaler_scale"] ** 2
+        scaler.n_features_in_ = logistic.n_features_in_ = len(arrays["scaler_mean"])
+        logistic.coef_, logistic.intercept_ = arrays["coef"], arrays["intercept"]
+        logistic.classes_ = np.array([0, 1])
+        self.model_, self.oof_ = model, {}
 
     def transform(self, data: StageData, rows: np.ndarray) -> pd.DataFrame:
         if self.model_ is None:

@@ -74,8 +74,13 @@ def test_three_shards_started_together_equal_one_process(
 ) -> None:
     out = tmp_path / "sharded"
     processes = [
-        subprocess.Popen(shard(jpegs, out, i, 3), cwd=REPO, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)  # fmt: skip
+        subprocess.Popen(
+            shard(jpegs, out, i, 3),
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for i in range(3)
     ]
     for process in processes:

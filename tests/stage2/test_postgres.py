@@ -90,7 +90,9 @@ def test_four_workers_share_one_study(server: LocalPostgres, features: Path) -> 
     numbers = [t.number for t in study.trials]
     assert len(study.trials) == 12 and sorted(numbers) == list(range(12))
     assert all(t.state in (States.COMPLETE, States.PRUNED) for t in study.trials)
-    assert all("joined study" in log and "postgresql+psycopg://melanoma:***@" in log for log in logs)
+    assert all(
+        "joined study" in log and "postgresql+psycopg://melanoma:***@" in log for log in logs
+    )
     assert not any(server.password in log for log in logs)
     listed = subprocess.run([sys.executable, "-m", "stage2_boost", "inspect", "--out", str(features),
                              "--storage", url], cwd=REPO, capture_output=True, text=True, check=True)  # fmt: skip

@@ -1,0 +1,109 @@
+"""``python -m stage2_boost predict``: score images that stage 1 embedded, with a saved model.
+
+Writes ``OUT/predictions.csv`` (one row per image of the scored split: probability, the models'
+scores, patient context, read status, and with ``--explain`` the top reasons),
+``OUT/submission.csv`` (Kaggle ``image_name,target``, the calibrated probability) and, with
+``--explain``, ``OUT/explanations.csv`` (every feature group's contribution per image).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from stage1_embed.atomic import atomic_path
+from stage1_embed.schema import read_manifest
+
+from ..data import load_stage_data
+from ..errors import ConfigError
+from .load import load_model
+from .score import score_rows, top_reasons
+
+logger = logging.getLogger(__name__)
+PREDICTIONS = "predictions.csv"
+SUBMISSION = "submission.csv"
+EXPLANATIONS = "explanations.csv"
+
+
+@dataclass(frozen=True)
+class PredictSummary:
+    out_dir: Path
+    split: str
+    n_scored: int
+    n_unreadable: int
+    n_single_image_patients: int
+    patients_from_csv: bool
+    model_run: str
+    model_auc: float
+
+
+def run_predict(
+    model_dir: Path, features_dir: Path, out_dir: Path, split: str | None = None,
+    explain: bool = False,
+) -> PredictSummary:  # fmt: skip
+    model = load_model(model_dir)
+    manifest, provenance = read_manifest(features_dir)
+    split = split or ("test" if (manifest["split"] == "test").any() else "train")
+    wanted = manifest[manifest["split"] == split]
+    if wanted.empty:
+        raise ConfigError(
+            f"{features_dir} has no {split!r} images to score (splits: "
+            f"{sorted(manifest['split'].unique())}). Use --split with one of those."
+        )
+    data = load_stage_data(features_dir, list(model.backbones))
+    rows = data.split_index(split)
+    scored = score_rows(model, data, rows, explain)
+    frame = data.frame.iloc[rows]
+    predictions = scored.predictions.assign(
+        patient_images=frame.groupby("patient_id")["image_name"].transform("size").to_numpy(),
+        age_approx=frame["age_approx"].to_numpy(),
+        sex=frame["sex"].to_numpy(),
+        anatom_site_general_challenge=frame["anatom_site_general_challenge"].to_numpy(),
+        read_status="ok",
+        read_error=None,
+    )
+    if scored.contributions is not None:
+        reasons = top_reasons(scored.contributions)
+        predictions["top_reasons"] = reasons.reindex(predictions["image_name"]).to_numpy()
+    unreadable = wanted[~wanted["image_name"].isin(predictions["image_name"])]
+    if len(unreadable):
+        logger.warning("%d image(s) could not be read and have no probability (read_status)",
+                       len(unreadable))  # fmt: skip
+        predictions = pd.concat([predictions, unreadable[["image_name", "patient_id", "read_status", "read_error"]]],
+                                ignore_index=True)  # fmt: skip
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_csv(predictions, out_dir / PREDICTIONS)
+    ok = predictions[predictions["read_status"] == "ok"]
+    _write_csv(ok[["image_name", "probability"]].rename(columns={"probability": "target"}),
+               out_dir / SUBMISSION)  # fmt: skip
+    if scored.contributions is not None:
+        _write_csv(scored.contributions, out_dir / EXPLANATIONS)
+    return PredictSummary(
+        out_dir, split, len(ok), len(unreadable), int((ok["patient_images"] == 1).sum()),
+        not provenance.get("patients_from_image_names", False), model.manifest["run_id"],
+        float(model.manifest["metrics"]["oof_auc"]),
+    )  # fmt: skip
+
+
+def format_predict_summary(summary: PredictSummary) -> str:
+    lines = [
+        f"scored {summary.n_scored} {summary.split} image(s) with model run {summary.model_run} "
+        f"(OOF AUC {summary.model_auc:.4f}); {summary.n_unreadable} unreadable (no probability)",
+    ]
+    if summary.patients_from_csv:
+        lines.append(f"  {summary.n_single_image_patients} image(s) are their patient's only image: "
+                     "their patient and ugly-duckling features are missing")  # fmt: skip
+    else:
+        lines.append("  no CSV: each image was scored as its own patient (patient and ugly-duckling "
+                     "features missing) with missing age, sex and site")  # fmt: skip
+    lines.append(f"outputs: {summary.out_dir / PREDICTIONS}, {summary.out_dir / SUBMISSION}")
+    return "\n".join(lines)
+
+
+def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)

@@ -1,0 +1,153 @@
+"""Write the model folder of a training run, atomically.
+
+Layout (``OUT/stage2/model/``):
+
+    model.json                  schema version, run, metrics, config, backbones with the sha256
+                                of their weights and their exact preprocessing, feature groups,
+                                column order, models, blend and calibration, library versions,
+                                and the sha256 and size of every other file
+    state/fold<k>.safetensors   the feature groups' fitted arrays per fold (PCA, probes)
+    boosters/<model>_fold<k>.*  the fold models in their libraries' own formats
+
+Nothing in it is code: arrays are safetensors, boosters LightGBM text / XGBoost UBJSON, the rest
+JSON. The folder is built beside the target and renamed into place, so a half-written model never
+exists under the target's name.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import save_file
+
+from stage1_embed.weights import file_sha256
+
+from ..boosters import BoosterAdapter
+from ..cv import FoldMatrices
+
+MODEL_DIR = "model"
+MANIFEST = "model.json"
+SCHEMA_VERSION = 1
+KIND = "melanoma-stack model"
+LIBRARIES = (
+    "lightgbm",
+    "xgboost",
+    "scikit-learn",
+    "numpy",
+    "pandas",
+    "safetensors",
+    "melanoma-stack",
+)
+
+
+@dataclass(frozen=True)
+class ModelContent:
+    """Everything a run hands to :func:`save_model`."""
+
+    run_id: str
+    dataset: str
+    feature_set: dict[str, Any]  # groups, backbones, reduction, n_components, seed, extra_sources
+    columns: list[str]
+    evaluation: Sequence[FoldMatrices]  # fitted feature groups per fold
+    boosters: dict[
+        str, tuple[BoosterAdapter, list[Any], dict[str, Any]]
+    ]  # name -> (adapter, fits, info)
+    platt: dict[str, float]
+    backbones: dict[str, dict[str, Any]]  # slug -> stage 1 provenance of its embeddings
+    metrics: dict[str, Any]
+    config: dict[str, Any]
+
+
+def save_model(target: Path, content: ModelContent) -> Path:
+    """Write the model folder to ``target`` (replacing an older one) and return it."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        manifest = _write_files(staging, content)
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        _swap_into_place(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _write_files(folder: Path, content: ModelContent) -> dict[str, Any]:
+    (folder / "state").mkdir()
+    (folder / "boosters").mkdir()
+    group_values: list[list[dict[str, Any]]] = []
+    for fold in content.evaluation:
+        arrays: dict[str, np.ndarray] = {}
+        values = []
+        for index, group in enumerate(fold.groups):
+            group_json, group_arrays = group.get_state()
+            values.append({"group": group.group, "values": group_json})
+            arrays.update(
+                {f"{index}/{k}": np.ascontiguousarray(v) for k, v in group_arrays.items()}
+            )
+        save_file(arrays, str(folder / "state" / f"fold{fold.fold}.safetensors"))
+        group_values.append(values)
+    models = []
+    for name, (adapter, fits, info) in content.boosters.items():
+        files = []
+        for index, fitted in enumerate(fits):
+            relative = f"boosters/{name}_fold{index}{adapter.model_suffix}"
+            adapter.save(fitted, folder / relative)
+            files.append(relative)
+        models.append({"name": name, "files": files, **info})
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "kind": KIND,
+        "run_id": content.run_id,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "dataset": content.dataset,
+        "feature_set": content.feature_set,
+        "columns": content.columns,
+        "n_folds": len(content.evaluation),
+        "group_state": group_values,
+        "models": models,
+        "blend": {
+            "method": "mean log-odds of the models' fold-averaged probabilities",
+            "platt": content.platt,
+        },
+        "backbones": content.backbones,
+        "metrics": content.metrics,
+        "config": content.config,
+        "libraries": _versions(),
+        "files": {
+            str(p.relative_to(folder)): {"sha256": file_sha256(p), "bytes": p.stat().st_size}
+            for p in sorted(folder.rglob("*"))
+            if p.is_file()
+        },
+    }
+
+
+def _swap_into_place(staging: Path, target: Path) -> None:
+    """Rename ``staging`` to ``target``; an older model is moved aside first, then removed."""
+    old = None
+    if target.exists():
+        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+        target.rename(old)
+    staging.rename(target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _versions() -> dict[str, str]:
+    found = {}
+    for name in LIBRARIES:
+        try:
+            found[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
