@@ -136,6 +136,9 @@ def format_run_summary(metrics: dict, out: Path) -> str:
                      f"  tuning AUC {tuning}  ({m['n_trials_in_study']} trials in study)")  # fmt: skip
     low, high = metrics["oof_auc_ci95"]
     lines.append(f"  blend  OOF AUC {metrics['oof_auc']:.4f} [{low:.4f}, {high:.4f}]")
+    cal = metrics["calibration"]
+    lines.append(f"  calibrated probability: Brier {cal['brier']:.4f} (base rate {cal['brier_base_rate']:.4f}), "
+                 f"ECE {cal['ece']:.4f}; model saved to {metrics['model']['folders'][0]}")  # fmt: skip
     extra = metrics.get("extra") or {}
     if extra.get("n_rows"):
         lines.append(f"  extra training rows: {extra['n_rows']} ({extra['n_pos']} malignant) from "

@@ -19,6 +19,7 @@ from stage1_embed.atomic import atomic_path, atomic_write_text
 
 from .data import StageData
 from .features import feature_group_of
+from .model.calibration import reliability_table
 
 GROUP_COLOURS = {"metadata": "#1f77b4", "patient": "#ff7f0e", "embedding": "#2ca02c",
                  "ugly-duckling": "#d62728", "acquisition": "#9467bd", "probe": "#8c564b"}  # fmt: skip
@@ -39,8 +40,29 @@ def write_report(
     _save(folder / "importance.png", _importance_plot(importance))
     subgroups = _subgroup_table(oof, data)
     _save(folder / "auc_by_subgroup.png", _subgroup_plot(subgroups))
+    _save(folder / "reliability.png", _reliability_plot(oof, metrics))
     atomic_write_text(folder / "report.md", _markdown(metrics, subgroups))
     return folder
+
+
+def _reliability_plot(oof: pd.DataFrame, metrics: dict[str, Any]) -> plt.Figure:
+    """Observed malignant rate against the predicted probability in equal-count bins (with 2%
+    positives, fixed-width bins would put nearly every image in the first one)."""
+    target = oof["target"].to_numpy(dtype=float)
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for column, label in (
+        ("blend", "uncalibrated blend"),
+        ("probability", "calibrated (cross-fitted)"),
+    ):
+        points = reliability_table(target, oof[column].to_numpy(dtype=float))
+        ax.plot([p for p, _, _ in points], [o for _, o, _ in points], "o-", label=label)
+    top = float(max(oof["probability"].max(), oof["blend"].max(), target.mean() * 2))
+    ax.plot([0, top], [0, top], c="grey", ls=":", label="perfect")
+    cal = metrics["calibration"]
+    ax.set(xlabel="predicted probability (bin mean)",
+           ylabel="observed malignant rate", title=f"Reliability: Brier {cal['brier']:.4f}, ECE {cal['ece']:.4f}")  # fmt: skip
+    ax.legend(fontsize=8)
+    return fig
 
 
 def _save(path: Path, figure: plt.Figure) -> None:
@@ -181,6 +203,16 @@ def _markdown(metrics: dict[str, Any], subgroups: pd.DataFrame) -> str:
             "no validation fold: every AUC above is on the primary data only, and the extra rows "
             "have no out-of-fold prediction of their own.",
         ]
+    cal = metrics["calibration"]
+    lines += [
+        "",
+        f"**Calibration.** `probability` = Platt scaling of the models' mean log-odds, fitted on the OOF "
+        f"predictions (batch-independent: an image's probability does not depend on the rest of the batch). "
+        f"Cross-fitted over the folds: Brier {cal['brier']:.4f} (uncalibrated {cal['brier_uncalibrated']:.4f}, "
+        f"base rate alone {cal['brier_base_rate']:.4f}), expected calibration error {cal['ece']:.4f} "
+        f"(uncalibrated {cal['ece_uncalibrated']:.4f}). `submission.csv` holds this probability.",
+        "", "![Reliability](reliability.png)",
+    ]  # fmt: skip
     if "oof_auc_without_acquisition" in metrics:
         lines += [
             "",
