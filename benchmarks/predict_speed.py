@@ -52,7 +52,11 @@ def image_folder(work: Path, n: int) -> Path:
         return folder
     folder.mkdir(parents=True)
     source = ISIC / "jpeg" / "train_512"
-    files = sorted(source.glob("*.jpg")) if source.is_dir() else sorted((work / "demo" / "jpeg" / "test").glob("*.jpg"))
+    files = (
+        sorted(source.glob("*.jpg"))
+        if source.is_dir()
+        else sorted((work / "demo" / "jpeg" / "test").glob("*.jpg"))
+    )
     for path in files[:n]:
         shutil.copy(path, folder / path.name)
     return folder
@@ -90,10 +94,14 @@ def main() -> None:
     n = len(pd.read_csv(args.work / "batch" / "predictions.csv"))
     print(f"machine: {machine()}")
     print("| what | result |\n| --- | --- |")
-    print(f"| model folder (demo, Lite0, 5 folds x 2 boosters) | {size / 1024:.0f} KiB, loads and verifies in {load_seconds * 1000:.0f} ms |")
+    print(
+        f"| model folder (demo, Lite0, 5 folds x 2 boosters) | {size / 1024:.0f} KiB, loads and verifies in {load_seconds * 1000:.0f} ms |"
+    )
     print(f"| one image, cold process (`./run_all.sh --model`) | {cold:.1f} s |")
     print(f"| one image, warm process (stage 1 + predict again) | {warm:.2f} s |")
-    print(f"| batch of {n} images, warm process | {batch_seconds:.1f} s = {n / batch_seconds:.1f} img/s |")
+    print(
+        f"| batch of {n} images, warm process | {batch_seconds:.1f} s = {n / batch_seconds:.1f} img/s |"
+    )
 
 
 if __name__ == "__main__":

@@ -64,6 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument(
+        "--engine",
+        default="auto",
+        choices=["auto", "torch", "onnx"],
+        help="inference engine: auto = ONNX Runtime on CPU (exported once, checked against "
+        "torch), torch on CUDA",
+    )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument(
         "--workers", type=int, help="decode worker processes (default: by device and cores)"
@@ -140,6 +147,7 @@ def config_from_args(args: argparse.Namespace) -> Stage1Config:
         tta=tta,
         device=args.device,
         precision=args.precision,
+        engine=args.engine,
         batch_size=args.batch_size,
         num_workers=args.workers,
         chunk_size=args.chunk_size,

@@ -14,6 +14,7 @@ from filelock import FileLock, Timeout
 from .atomic import atomic_path, atomic_write_text
 from .backbones import Backbone, BackboneSpec, create_backbone, parse_backbone_spec
 from .config import Stage1Config
+from .engines import resolve_engine
 from .errors import DataError, OutputError, WeightsError
 from .extra import (
     NORMALISED_CSV,
@@ -207,6 +208,7 @@ def _embed_settings(config: Stage1Config) -> EmbedSettings:
         chunk_size=config.chunk_size,
         device=device,
         precision=precision,
+        engine=resolve_engine(config.engine, device),
         tta=config.tta,
         num_shards=config.num_shards,
         shard_index=config.shard_index,

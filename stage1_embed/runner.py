@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import time
@@ -13,12 +14,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from .backbones import Backbone
-from .extract import Embedder, ImageDataset, make_loader, plan_batches
+from .engines import make_embedder
+from .extract import ImageDataset, make_loader, plan_batches
 from .parts import Failure, PartsFolder
 from .preprocess import Preprocess
+from .progress import progress_bar
 from .schema import EMBEDDINGS_DIR, SCHEMA_VERSION, embeddings_path, read_provenance
 from .sources import ImageRef, ImageSource
 
@@ -48,6 +50,7 @@ class EmbedSettings:
     num_shards: int = 1
     shard_index: int = 0
     progress: bool = True
+    engine: str = "torch"  # torch | onnx (resolved from --engine; engines.py)
 
 
 @dataclass
@@ -81,6 +84,7 @@ def backbone_provenance(
         "preprocessing": jsonable(backbone.data_config),
         "tta_views": list(settings.tta),
         "precision": settings.precision,
+        "engine": settings.engine,
         "chunk_size": settings.chunk_size,
         "input_fingerprint": fingerprint,
         "schema_version": SCHEMA_VERSION,
@@ -123,8 +127,9 @@ def embed_backbone(
     )
     todo = [c for c in parts.missing_chunks() if c % settings.num_shards == settings.shard_index]
     started = time.perf_counter()
-    n_done = _run_chunks(backbone, source, refs, chunks, todo, parts, settings)
+    n_done, engine_used = _run_chunks(backbone, source, refs, chunks, todo, parts, settings)
     seconds = time.perf_counter() - started
+    provenance["engine_used"] = engine_used or settings.engine
     complete = not parts.missing_chunks()
     status = "computed" if complete else "waiting-for-shards"
     failures = parts.failures() if complete else []
@@ -141,17 +146,23 @@ def _run_chunks(
     todo: list[int],
     parts: PartsFolder,
     settings: EmbedSettings,
-) -> int:
+) -> tuple[int, str | None]:
+    """Embed the ``todo`` chunks; returns the image count and the engine that ran."""
     if not todo:
-        return 0
+        return 0, None
     device = torch.device(settings.device)
-    embedder = Embedder(backbone.model, backbone.data_config, device, settings.tta, _amp(settings))
     dataset = ImageDataset(source, refs, Preprocess.from_data_config(backbone.data_config))
     batches = [batch for c in todo for batch in chunks[c]]
     loader = make_loader(dataset, batches, settings.num_workers, pin_memory=device.type == "cuda")
     total = sum(len(b) for b in batches)
-    bar = tqdm(total=total, desc=backbone.spec.slug, unit="img", disable=not settings.progress)
-    batch_iter = iter(loader)
+    bar = progress_bar(total, backbone.spec.slug, settings.progress)
+    iter_batches = iter(loader)
+    first = next(iter_batches)
+    sample = first.pixels[:8] if first.pixels is not None else None  # checks a new ONNX export
+    embedder, engine_used = make_embedder(
+        backbone, settings.engine, device, settings.tta, _amp(settings), sample
+    )
+    batch_iter = itertools.chain([first], iter_batches)
     for chunk in todo:
         keys: list[tuple[str, str]] = []
         vectors: list[np.ndarray] = []
@@ -166,7 +177,7 @@ def _run_chunks(
         matrix = np.concatenate(vectors) if vectors else np.zeros((0, parts.width), np.float32)
         parts.write_part(chunk, keys, matrix, failures)
     bar.close()
-    return total
+    return total, engine_used
 
 
 def _amp(settings: EmbedSettings) -> torch.dtype | None:

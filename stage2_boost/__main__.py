@@ -60,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="also keep this run's model in DIR (it is always written to OUT/model)",
     )
     t.add_argument("--no-report", action="store_true")
+    t.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="rebuild the fold features instead of reusing OUT/fold_cache (they are keyed by "
+        "everything they depend on, so this is rarely needed)",
+    )
     for name, helptext in (
         ("inspect", "list Optuna studies, or show one with plots"),
         ("runs", "the run log"),
@@ -109,7 +115,7 @@ def _train(args: argparse.Namespace) -> int:
         timeout=args.timeout, storage=args.storage, max_rounds=args.max_rounds,
         early_stopping=args.early_stopping, n_bootstrap=args.bootstrap, report=not args.no_report,
         extra_data=tuple(args.extra_data), heartbeat_grace=args.heartbeat_grace,
-        save_model=args.save_model,
+        save_model=args.save_model, no_cache=args.no_cache,
     )  # fmt: skip
     result = run_training(config)
     print(format_run_summary(result.metrics, result.out_dir))

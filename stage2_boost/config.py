@@ -29,6 +29,7 @@ class Stage2Config:
     early_stopping: int = 100
     n_bootstrap: int = 1000
     report: bool = True
+    no_cache: bool = False  # rebuild the fold features instead of reusing OUT/fold_cache
     extra_data: tuple[Path, ...] = ()  # --extra-data: dataset folders or stage 1 output folders
     save_model: Path | None = None  # a copy of the model folder kept outside OUT/stage2/model
     heartbeat_grace: int = 30  # seconds before a killed worker's RUNNING trial is marked FAIL

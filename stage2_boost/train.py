@@ -20,6 +20,7 @@ from .cv import CVResult, FoldMatrices, cross_validate, oof_folds, oof_rows, pre
 from .data import StageData, load_stage_data
 from .errors import ConfigError, OutputError
 from .features import DEFAULT_GROUPS, IMAGE_GROUPS, create_feature_groups
+from .fold_cache import CACHE_DIR, cached_prepare_folds
 from .folds import load_or_make_folds
 from .metrics import auc, bootstrap_auc_ci
 from .model.calibration import (
@@ -133,10 +134,13 @@ def _train_locked(config: Stage2Config, out: Path) -> RunResult:
     def make_groups(names: tuple[str, ...] = groups) -> list:
         return create_feature_groups(names, backbones, config.reduction, n_components, config.seed)
 
-    tuning = prepare_folds(data, train_rows, folds, make_groups, config.seed, None, extra_rows)
-    evaluation = prepare_folds(
-        data, train_rows, eval_folds, make_groups, eval_seed, test_rows, extra_rows
-    )
+    cache = None if config.no_cache else out / CACHE_DIR
+    key_parts = {"groups": groups, "backbones": backbones, "reduction": config.reduction,
+                 "n_components": n_components}  # fmt: skip
+    tuning = cached_prepare_folds(cache, key_parts, data, train_rows, folds, make_groups,
+                                  config.seed, None, extra_rows)  # fmt: skip
+    evaluation = cached_prepare_folds(cache, key_parts, data, train_rows, eval_folds, make_groups,
+                                      eval_seed, test_rows, extra_rows)  # fmt: skip
     feature_set = _feature_set(config, groups, backbones, n_components, evaluation[0].X_fit.columns)
     feature_set["extra_sources"] = data.extra_sources
     _warn_if_too_few_positives(feature_set["n_features"], n_pos_all)
@@ -180,7 +184,7 @@ def _extra_summary(data: StageData, extra_rows: np.ndarray) -> dict[str, Any]:
 
 
 _MODEL_PROVENANCE = ("backbone_spec", "slug", "architecture", "num_features", "weights", "pretrained",
-                     "preprocessing", "tta_views", "precision", "chunk_size", "settings_hash")  # fmt: skip
+                     "preprocessing", "tta_views", "precision", "engine", "chunk_size", "settings_hash")  # fmt: skip
 
 
 def _save_models(

@@ -47,21 +47,13 @@ def load_model(folder: Path) -> SavedModel:
     manifest = read_manifest(folder)
     _verify_files(folder, manifest)
     fs = manifest["feature_set"]
-    fold_groups = []
-    for fold, values in enumerate(manifest["group_state"]):
-        arrays = _arrays(folder / "state" / f"fold{fold}.safetensors")
-        groups = create_feature_groups(
-            fs["groups"], fs["backbones"], fs["reduction"], fs["n_components"], fs["seed"]
+    fold_groups = [
+        read_group_state(
+            create_feature_groups(fs["groups"], fs["backbones"], fs["reduction"], fs["n_components"], fs["seed"]),
+            values, folder / "state" / f"fold{fold}.safetensors",
         )
-        if [g.group for g in groups] != [v["group"] for v in values]:
-            raise ModelError(
-                f"{folder / MANIFEST}: its feature groups do not match its state files."
-            )
-        for index, (group, saved) in enumerate(zip(groups, values, strict=True)):
-            prefix = f"{index}/"
-            mine = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
-            group.set_state(saved["values"], mine)
-        fold_groups.append(groups)
+        for fold, values in enumerate(manifest["group_state"])
+    ]  # fmt: skip
     boosters = {}
     for entry in manifest["models"]:
         adapter = create_booster(entry["name"])
@@ -70,6 +62,20 @@ def load_model(folder: Path) -> SavedModel:
     return SavedModel(
         folder, manifest, fold_groups, boosters, Platt(platt["slope"], platt["intercept"])
     )
+
+
+def read_group_state(
+    groups: list[FeatureGroup], values: list[dict[str, Any]], path: Path
+) -> list[FeatureGroup]:
+    """Restore fresh ``groups`` from what ``write_group_state`` saved."""
+    if [g.group for g in groups] != [v["group"] for v in values]:
+        raise ModelError(f"{path}: the saved feature groups do not match the expected ones.")
+    arrays = _arrays(path)
+    for index, (group, saved) in enumerate(zip(groups, values, strict=True)):
+        prefix = f"{index}/"
+        mine = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+        group.set_state(saved["values"], mine)
+    return groups
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from stage1_embed.weights import file_sha256
 
 from ..boosters import BoosterAdapter
 from ..cv import FoldMatrices
+from ..features import FeatureGroup
 
 MODEL_DIR = "model"
 MANIFEST = "model.json"
@@ -85,18 +86,10 @@ def save_model(target: Path, content: ModelContent) -> Path:
 def _write_files(folder: Path, content: ModelContent) -> dict[str, Any]:
     (folder / "state").mkdir()
     (folder / "boosters").mkdir()
-    group_values: list[list[dict[str, Any]]] = []
-    for fold in content.evaluation:
-        arrays: dict[str, np.ndarray] = {}
-        values = []
-        for index, group in enumerate(fold.groups):
-            group_json, group_arrays = group.get_state()
-            values.append({"group": group.group, "values": group_json})
-            arrays.update(
-                {f"{index}/{k}": np.ascontiguousarray(v) for k, v in group_arrays.items()}
-            )
-        save_file(arrays, str(folder / "state" / f"fold{fold.fold}.safetensors"))
-        group_values.append(values)
+    group_values = [
+        write_group_state(fold.groups, folder / "state" / f"fold{fold.fold}.safetensors")
+        for fold in content.evaluation
+    ]
     models = []
     for name, (adapter, fits, info) in content.boosters.items():
         files = []
@@ -130,6 +123,18 @@ def _write_files(folder: Path, content: ModelContent) -> dict[str, Any]:
             if p.is_file()
         },
     }
+
+
+def write_group_state(groups: Sequence[FeatureGroup], path: Path) -> list[dict[str, Any]]:
+    """Save fitted groups' arrays to ``path`` (safetensors); return their JSON part."""
+    arrays: dict[str, np.ndarray] = {}
+    values = []
+    for index, group in enumerate(groups):
+        group_json, group_arrays = group.get_state()
+        values.append({"group": group.group, "values": group_json})
+        arrays.update({f"{index}/{k}": np.ascontiguousarray(v) for k, v in group_arrays.items()})
+    save_file(arrays, str(path))
+    return values
 
 
 def _swap_into_place(staging: Path, target: Path) -> None:
