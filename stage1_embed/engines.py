@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -131,7 +132,8 @@ def _export(backbone: Backbone, path: Path) -> None:
     example = torch.zeros(2, 3, size, size, dtype=torch.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
     logger.info("%s: exporting to ONNX once (%s)", backbone.spec.slug, path.name)
-    with atomic_path(path) as tmp, torch.inference_mode(False), torch.no_grad():
+    with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter's notice
         torch.onnx.export(
             wrapper, (example,), str(tmp), input_names=["pixels"], output_names=["embedding"],
             dynamic_axes={"pixels": {0: "batch"}, "embedding": {0: "batch"}},

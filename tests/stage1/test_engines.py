@@ -1,0 +1,76 @@
+"""Stage 1's engines: ONNX Runtime agrees with torch, is its own cache entry, falls back safely;
+progress is log lines when not on a terminal."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stage1_embed import engines
+from stage1_embed.config import Stage1Config
+from stage1_embed.pipeline import run_stage1
+from stage1_embed.progress import LogProgress, progress_bar
+from stage1_embed.schema import read_embeddings
+from tests.conftest import WEIGHTS, require
+
+SLUG = "tf_efficientnet_lite0"
+
+
+@pytest.fixture
+def config(tiny_dataset: Path, tmp_path: Path) -> Stage1Config:
+    spec = f"local-dir:{require(WEIGHTS / SLUG)}"
+    return Stage1Config(data_dir=tiny_dataset, out_dir=tmp_path / "out", backbones=(spec,),
+                        batch_size=4, chunk_size=8, num_workers=0, progress=False)  # fmt: skip
+
+
+def table(out: Path):
+    return read_embeddings(out / "embeddings" / f"{SLUG}.parquet")
+
+
+def test_onnx_engine_matches_torch_and_is_its_own_cache_entry(
+    config: Stage1Config, tmp_path: Path
+) -> None:
+    pytest.importorskip("onnxruntime")
+    run_stage1(replace(config, engine="torch", out_dir=tmp_path / "torch"))
+    onnx_run = run_stage1(replace(config, engine="onnx"))
+    assert onnx_run.results[0].status == "computed"
+    a, b = table(tmp_path / "torch"), table(config.out_dir)
+    assert b.provenance["engine"] == b.provenance["engine_used"] == "onnx"
+    assert a.provenance["engine"] == "torch"
+    cosine = (
+        (a.vectors * b.vectors).sum(1)
+        / np.linalg.norm(a.vectors, axis=1)
+        / np.linalg.norm(b.vectors, axis=1)
+    )
+    assert cosine.min() >= 0.9999 and np.abs(a.vectors - b.vectors).max() < 1e-3
+    assert run_stage1(replace(config, engine="onnx")).results[0].status == "cached"
+    assert run_stage1(replace(config, engine="torch")).results[0].status == "computed"
+    assert engines.resolve_engine("auto", "cpu") == "onnx"
+    assert engines.resolve_engine("auto", "cuda") == "torch"
+
+
+def test_an_export_that_disagrees_falls_back_to_torch(
+    config: Stage1Config, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("MELANOMA_STACK_CACHE", str(tmp_path / "fresh-cache"))
+    monkeypatch.setattr(engines, "MIN_COSINE", 1.5)  # no export can pass
+    with caplog.at_level(logging.WARNING):
+        run_stage1(replace(config, engine="onnx"))
+    assert table(config.out_dir).provenance["engine_used"] == "torch"
+    assert "using torch" in caplog.text
+
+
+def test_progress_is_log_lines_off_a_terminal(caplog: pytest.LogCaptureFixture) -> None:
+    assert isinstance(progress_bar(10, "x"), LogProgress)  # pytest captures stderr: not a tty
+    bar = LogProgress(100, "lite0", every=0.0)
+    with caplog.at_level(logging.INFO):
+        bar.update(40)
+        bar.close()
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0].startswith("lite0: 40/100 images") and "\r" not in "".join(lines)
