@@ -109,7 +109,7 @@ if [ "$STAGE" != 2 ]; then
   python -m stage1_embed "${ARGS[@]}" "${EXTRA_ARGS[@]}" "${STAGE1_EXTRA[@]}"
 fi
 if [ "$STAGE" != 1 ]; then
-  ARGS=(train --features "$OUT" --trials "$TRIALS")
+  ARGS=(train --features "$OUT" --trials "$TRIALS" --device "$DEVICE")
   [ -n "$FEATURES" ] && ARGS+=(--groups "$FEATURES")
   [ -n "$TIMEOUT" ] && ARGS+=(--timeout "$TIMEOUT")
   [ -n "$STORAGE" ] && ARGS+=(--storage "$STORAGE")

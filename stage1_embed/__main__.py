@@ -71,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="inference engine: auto = ONNX Runtime on CPU (exported once, checked against "
         "torch), torch on CUDA",
     )
+    p.add_argument(
+        "--decode",
+        default="auto",
+        choices=["auto", "pil", "torchvision"],
+        help="JPEG decoding: auto = torchvision on the GPU (nvJPEG, batched) when the device is "
+        "CUDA and the images are JPEG, else PIL on the CPU (draft mode for large originals)",
+    )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument(
         "--workers", type=int, help="decode worker processes (default: by device and cores)"
@@ -148,6 +155,7 @@ def config_from_args(args: argparse.Namespace) -> Stage1Config:
         device=args.device,
         precision=args.precision,
         engine=args.engine,
+        decode=args.decode,
         batch_size=args.batch_size,
         num_workers=args.workers,
         chunk_size=args.chunk_size,

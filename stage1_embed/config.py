@@ -44,6 +44,9 @@ class Stage1Config:
     extra_data: tuple[Path, ...] = ()  # --extra-data folders: training rows only, see extra.py
     drop_extra_duplicates: bool = False
     train_only: bool = False  # an extra dataset: its test.csv (if any) is not read
+    decode: str = (
+        "auto"  # auto | pil | torchvision (batch_decode.py): torchvision on CUDA for JPEGs
+    )
     engine: str = "auto"  # auto | torch | onnx (engines.py): ONNX Runtime on CPU by default
     model_dir: Path | None = None  # scoring: the saved model's backbones and preprocessing
 
@@ -63,6 +66,8 @@ class Stage1Config:
             raise ConfigError(f"--crop-mode {self.crop_mode!r}: use center, squash or border.")
         if self.crop_pct is not None and not 0.1 <= self.crop_pct <= 1.0:
             raise ConfigError(f"--crop-pct {self.crop_pct}: use a fraction in (0.1, 1].")
+        if self.decode not in ("auto", "pil", "torchvision"):
+            raise ConfigError(f"--decode {self.decode!r}: use auto, pil or torchvision.")
         if self.engine not in ("auto", "torch", "onnx"):
             raise ConfigError(f"--engine {self.engine!r}: use auto, torch or onnx.")
         if self.max_failures < 0:

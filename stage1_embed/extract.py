@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,8 +57,9 @@ def collate(items: list[tuple[int, torch.Tensor | None, str]]) -> Batch:
 
 
 def make_loader(
-    dataset: ImageDataset, batches: list[list[int]], num_workers: int, pin_memory: bool
-) -> DataLoader:
+    dataset: Dataset, batches: list[list[int]], num_workers: int, pin_memory: bool,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
+) -> DataLoader:  # fmt: skip
     """Batches in the given order (so chunk boundaries and batch contents are deterministic)."""
     extra: dict[str, Any] = (
         {"prefetch_factor": 4, "persistent_workers": False} if num_workers else {}
@@ -67,7 +68,7 @@ def make_loader(
         dataset,
         batch_sampler=batches,
         num_workers=num_workers,
-        collate_fn=collate,
+        collate_fn=collate_fn or collate,
         pin_memory=pin_memory,
         **extra,
     )

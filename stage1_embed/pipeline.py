@@ -13,6 +13,7 @@ from filelock import FileLock, Timeout
 
 from .atomic import atomic_path, atomic_write_text
 from .backbones import Backbone, BackboneSpec, create_backbone, parse_backbone_spec
+from .batch_decode import resolve_decode
 from .config import Stage1Config
 from .engines import resolve_engine
 from .errors import DataError, OutputError, WeightsError
@@ -133,7 +134,7 @@ def _run_locked(config: Stage1Config, out: Path) -> Stage1Summary:
     _save_cross_check(scan, out)
     fingerprint = input_fingerprint(scan.manifest)
     refs = [scan.refs[k] for k in sorted(scan.refs)]
-    settings = _embed_settings(config)
+    settings = _embed_settings(config, source.format_name)
     summary = Stage1Summary(out, len(refs), source.format_name)
     plan = ShardPlan(out) if config.num_shards > 1 else None
     if plan is not None:
@@ -187,7 +188,7 @@ def _assemble_once(result: BackboneResult, out: Path) -> None:
             result.parts.assemble(embeddings_path(out, result.slug), provenance)
 
 
-def _embed_settings(config: Stage1Config) -> EmbedSettings:
+def _embed_settings(config: Stage1Config, source_format: str | None = None) -> EmbedSettings:
     import torch
 
     device = config.device
@@ -209,6 +210,7 @@ def _embed_settings(config: Stage1Config) -> EmbedSettings:
         device=device,
         precision=precision,
         engine=resolve_engine(config.engine, device),
+        decode=resolve_decode(config.decode, device, source_format),
         tta=config.tta,
         num_shards=config.num_shards,
         shard_index=config.shard_index,

@@ -47,14 +47,20 @@ class Preprocess:
         """The decoder may reduce the image as long as its shorter side stays this large."""
         return self.scale_size
 
-    def __call__(self, image: Image.Image) -> torch.Tensor:
+    def __call__(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
+        """A PIL image (CPU decode) or a uint8 CHW tensor on any device (torchvision decode)
+        -> uint8 (3, size, size) tensor on the same device."""
         mode = InterpolationMode(self.interpolation)
+        height, width = (
+            (image.height, image.width) if isinstance(image, Image.Image) else image.shape[-2:]
+        )
         if self.crop_mode == "squash":
             target = [self.scale_size, self.scale_size]
         elif self.crop_mode == "border":
-            scale = self.scale_size / max(image.size)
-            target = [max(1, round(image.height * scale)), max(1, round(image.width * scale))]
+            scale = self.scale_size / max(height, width)
+            target = [max(1, round(height * scale)), max(1, round(width * scale))]
         else:
             target = [self.scale_size]
-        resized = F.resize(image, target, interpolation=mode, antialias=True)
-        return F.pil_to_tensor(F.center_crop(resized, [self.size, self.size]))
+        cropped = F.center_crop(F.resize(image, target, interpolation=mode, antialias=True),
+                                [self.size, self.size])  # fmt: skip
+        return F.pil_to_tensor(cropped) if isinstance(cropped, Image.Image) else cropped

@@ -7,6 +7,7 @@ import itertools
 import json
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -16,8 +17,9 @@ import numpy as np
 import torch
 
 from .backbones import Backbone
+from .batch_decode import BatchDecoder, RawDataset, collate_raw
 from .engines import make_embedder
-from .extract import ImageDataset, make_loader, plan_batches
+from .extract import Batch, ImageDataset, make_loader, plan_batches
 from .parts import Failure, PartsFolder
 from .preprocess import Preprocess
 from .progress import progress_bar
@@ -51,6 +53,9 @@ class EmbedSettings:
     shard_index: int = 0
     progress: bool = True
     engine: str = "torch"  # torch | onnx (resolved from --engine; engines.py)
+    decode: str = (
+        "pil"  # pil (CPU, in workers) | torchvision (batched, on the device; batch_decode.py)
+    )
 
 
 @dataclass
@@ -85,6 +90,7 @@ def backbone_provenance(
         "tta_views": list(settings.tta),
         "precision": settings.precision,
         "engine": settings.engine,
+        "decode": settings.decode,
         "chunk_size": settings.chunk_size,
         "input_fingerprint": fingerprint,
         "schema_version": SCHEMA_VERSION,
@@ -151,12 +157,21 @@ def _run_chunks(
     if not todo:
         return 0, None
     device = torch.device(settings.device)
-    dataset = ImageDataset(source, refs, Preprocess.from_data_config(backbone.data_config))
+    preprocess = Preprocess.from_data_config(backbone.data_config)
     batches = [batch for c in todo for batch in chunks[c]]
-    loader = make_loader(dataset, batches, settings.num_workers, pin_memory=device.type == "cuda")
+    pin = device.type == "cuda"
+    iter_batches: Iterator[Batch]
+    if settings.decode == "torchvision":
+        decoder = BatchDecoder(source, refs, preprocess, device)
+        raw = RawDataset(source, refs, preprocess)
+        iter_batches = map(
+            decoder, make_loader(raw, batches, settings.num_workers, pin, collate_raw)
+        )
+    else:
+        dataset = ImageDataset(source, refs, preprocess)
+        iter_batches = iter(make_loader(dataset, batches, settings.num_workers, pin))
     total = sum(len(b) for b in batches)
     bar = progress_bar(total, backbone.spec.slug, settings.progress)
-    iter_batches = iter(loader)
     first = next(iter_batches)
     sample = first.pixels[:8] if first.pixels is not None else None  # checks a new ONNX export
     embedder, engine_used = make_embedder(

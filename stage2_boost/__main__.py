@@ -41,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=30,
         help="seconds after which a trial of a killed worker is marked failed (shared storage)",
     )
+    t.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu | cuda | auto: XGBoost on the GPU (LightGBM's PyPI wheel is CPU-only)",
+    )
     t.add_argument("--max-rounds", type=int, default=2000)
     t.add_argument("--early-stopping", type=int, default=100)
     t.add_argument(
@@ -115,7 +120,7 @@ def _train(args: argparse.Namespace) -> int:
         timeout=args.timeout, storage=args.storage, max_rounds=args.max_rounds,
         early_stopping=args.early_stopping, n_bootstrap=args.bootstrap, report=not args.no_report,
         extra_data=tuple(args.extra_data), heartbeat_grace=args.heartbeat_grace,
-        save_model=args.save_model, no_cache=args.no_cache,
+        save_model=args.save_model, no_cache=args.no_cache, device=args.device,
     )  # fmt: skip
     result = run_training(config)
     print(format_run_summary(result.metrics, result.out_dir))

@@ -28,11 +28,17 @@ class BoosterAdapter(ABC):
     name: str
 
     def __init__(
-        self, seed: int = 0, max_rounds: int = 2000, early_stopping: int = 100, n_rows: int = 30_000
-    ) -> None:
+        self, seed: int = 0, max_rounds: int = 2000, early_stopping: int = 100,
+        n_rows: int = 30_000, device: str = "cpu",
+    ) -> None:  # fmt: skip
         self.seed, self.max_rounds, self.early_stopping = seed, max_rounds, early_stopping
+        self.device = self.supported_device(device)
         # Leaf-size bounds scale with the data: 200-row leaves cannot exist in a 300-row demo.
         self.max_leaf_rows = int(np.clip(n_rows // 10, 5, 200))
+
+    def supported_device(self, device: str) -> str:
+        """The device this library trains on here ('cpu' unless it can use ``device``)."""
+        return "cpu"
 
     @abstractmethod
     def suggest_params(self, trial: Any) -> dict[str, Any]:
@@ -163,6 +169,9 @@ class XGBoostAdapter(BoosterAdapter):
     name = "xgb"
     _max_bin = 256
 
+    def supported_device(self, device: str) -> str:
+        return device if device.startswith("cuda") and xgboost_has_cuda() else "cpu"
+
     def suggest_params(self, trial: Any) -> dict[str, Any]:
         return {
             "eta": trial.suggest_float("eta", 0.01, 0.2, log=True),
@@ -196,7 +205,8 @@ class XGBoostAdapter(BoosterAdapter):
 
         train, stop = prepared
         full = {"objective": "binary:logistic", "eval_metric": "auc", "tree_method": "hist",
-                "max_bin": self._max_bin, "nthread": N_THREADS, "seed": self.seed, **params}  # fmt: skip
+                "max_bin": self._max_bin, "nthread": N_THREADS, "seed": self.seed,
+                "device": self.device, **params}  # fmt: skip
         if n_rounds is not None:
             return Fitted(xgb.train(full, train, num_boost_round=n_rounds), n_rounds)
         booster = xgb.train(
@@ -239,6 +249,27 @@ class XGBoostAdapter(BoosterAdapter):
                 matrix, iteration_range=(0, fitted.best_iteration), pred_contribs=True
             )
         )
+
+
+def xgboost_has_cuda() -> bool:
+    """XGBoost was built with CUDA (PyPI's Linux wheels are) and a GPU is visible."""
+    import shutil
+    import subprocess
+
+    import xgboost as xgb
+
+    if not xgb.build_info().get("USE_CUDA") or shutil.which("nvidia-smi") is None:
+        return False
+    listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=False)
+    return listed.returncode == 0 and "GPU" in listed.stdout
+
+
+def resolve_device(requested: str) -> str:
+    """Stage 2's --device: 'auto' is CUDA when XGBoost can use a GPU here, else the CPU.
+    LightGBM's PyPI wheel has no CUDA build, so LightGBM always trains on the CPU."""
+    if requested == "auto":
+        return "cuda" if xgboost_has_cuda() else "cpu"
+    return requested
 
 
 BOOSTERS: dict[str, type[BoosterAdapter]] = {"lgbm": LightGBMAdapter, "xgb": XGBoostAdapter}

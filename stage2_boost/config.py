@@ -29,6 +29,7 @@ class Stage2Config:
     early_stopping: int = 100
     n_bootstrap: int = 1000
     report: bool = True
+    device: str = "cpu"  # cpu | cuda | auto: where XGBoost trains (LightGBM: CPU; boosters.py)
     no_cache: bool = False  # rebuild the fold features instead of reusing OUT/fold_cache
     extra_data: tuple[Path, ...] = ()  # --extra-data: dataset folders or stage 1 output folders
     save_model: Path | None = None  # a copy of the model folder kept outside OUT/stage2/model
@@ -46,6 +47,8 @@ class Stage2Config:
                 raise ConfigError(
                     f"Unknown feature group(s) {bad}; choose from {','.join(GROUPS)}."
                 )
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise ConfigError(f"--device {self.device!r}: use auto, cpu or cuda.")
         if self.heartbeat_grace < 3:
             raise ConfigError("--heartbeat-grace must be at least 3 seconds.")
         if self.n_folds < 2:

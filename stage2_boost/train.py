@@ -14,7 +14,7 @@ import pandas as pd
 from filelock import FileLock, Timeout
 from scipy.special import expit
 
-from .boosters import create_booster
+from .boosters import create_booster, resolve_device
 from .config import Stage2Config
 from .cv import CVResult, FoldMatrices, cross_validate, oof_folds, oof_rows, prepare_folds
 from .data import StageData, load_stage_data
@@ -257,7 +257,8 @@ def _tune_and_evaluate(
     storage: Any,
     feature_set: dict[str, Any],
 ) -> ModelResult:
-    adapter = create_booster(name, seed=config.seed, max_rounds=config.max_rounds,
+    device = resolve_device(config.device)
+    adapter = create_booster(name, seed=config.seed, max_rounds=config.max_rounds, device=device,
                              early_stopping=config.early_stopping, n_rows=len(tuning[0].fit_rows))  # fmt: skip
     full_name = study_name(data.dataset, name, _feature_key(feature_set))
     study = open_study(storage, full_name, config.seed, exclusive=config.storage is None)
@@ -392,7 +393,8 @@ def _auc_without_acquisition(
                           None, extra_rows)  # fmt: skip
     preds = []
     for model in models:
-        adapter = create_booster(model.name, seed=config.seed, max_rounds=config.max_rounds,
+        device = resolve_device(config.device)
+        adapter = create_booster(model.name, seed=config.seed, max_rounds=config.max_rounds, device=device,
                                  early_stopping=config.early_stopping, n_rows=len(folds[0].fit_rows))  # fmt: skip
         preds.append(cross_validate(adapter, folds, model.params, n_rounds=model.n_rounds).oof)
     target = data.target[oof_rows(folds)]

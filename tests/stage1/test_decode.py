@@ -92,3 +92,30 @@ def test_crop_modes_follow_timm(mode: str, kept_columns: bool) -> None:
     assert out.shape == (3, 64, 64)
     red_seen = (out[0] > 200).any() and (out[2] < 50).any()
     assert red_seen == kept_columns
+
+
+def test_batched_torchvision_decode_on_the_cpu_matches_pil(
+    tiny_dataset: Path, tmp_path: Path
+) -> None:
+    """The GPU decode path's logic, run on the CPU: same pixels, bad files still per-image."""
+    import torch
+
+    from stage1_embed.batch_decode import BatchDecoder, RawDataset, collate_raw
+    from stage1_embed.extract import ImageDataset
+    from stage1_embed.preprocess import Preprocess
+    from stage1_embed.sources import create_source
+
+    folder = tiny_dataset / "jpeg" / "train"
+    (folder / "IMG_0003.jpg").write_bytes((folder / "IMG_0003.jpg").read_bytes()[:200])  # truncated
+    source = create_source(tiny_dataset, image_format="jpeg")
+    names = sorted(p.stem for p in folder.glob("*.jpg"))
+    found = source.index({"train": set(names)})
+    refs = [found[("train", n)] for n in names]
+    preprocess = Preprocess(size=32, scale_size=36, interpolation="bilinear")
+    raw = collate_raw([RawDataset(source, refs, preprocess)[i] for i in range(len(refs))])
+    batch = BatchDecoder(source, refs, preprocess, torch.device("cpu"))(raw)
+    assert [refs[i].image_name for i, _ in batch.failures] == ["IMG_0003"]
+    cpu = ImageDataset(source, refs, preprocess)
+    expected = torch.stack([cpu[i][1] for i in batch.indices])
+    assert batch.pixels is not None and batch.pixels.shape == expected.shape
+    assert (batch.pixels.int() - expected.int()).abs().float().mean() < 2.0
