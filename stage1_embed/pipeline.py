@@ -156,6 +156,11 @@ def _run_locked(config: Stage1Config, out: Path) -> Stage1Summary:
             _assemble_once(result, out)
     if plan is not None and summary.complete:
         plan.finish()
+    if config.model_dir is not None and summary.complete:
+        from .experts.score import score_model_experts
+
+        score_model_experts(config.model_dir, out, config.data_dir, config.images_dir,
+                            config.image_format, settings.device, config.weights_dir, config.progress)  # fmt: skip
     return summary
 
 

@@ -64,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="also keep this run's model in DIR (it is always written to OUT/model)",
     )
+    t.add_argument(
+        "--experts",
+        help="fine-tuned experts to stack (backbone specs or slugs of FEATURES/experts/*.parquet)",
+    )
+    t.add_argument("--expert-transform", default="logit", choices=["logit", "rank"])
     t.add_argument("--no-report", action="store_true")
     t.add_argument(
         "--no-cache",
@@ -109,6 +114,13 @@ def _split(text: str | None) -> tuple[str, ...] | None:
     return None if text is None else tuple(x.strip() for x in text.split(",") if x.strip())
 
 
+def _expert_slugs(text: str | None) -> tuple[str, ...]:
+    """Specs as run_all.sh passes them (e.g. local-dir:/w/tf_efficientnet_lite0) or bare slugs."""
+    from stage1_embed.backbones import parse_backbone_spec
+
+    return tuple(parse_backbone_spec(s).slug for s in _split(text) or ())
+
+
 def _train(args: argparse.Namespace) -> int:
     from .config import Stage2Config
     from .train import run_training
@@ -121,6 +133,7 @@ def _train(args: argparse.Namespace) -> int:
         early_stopping=args.early_stopping, n_bootstrap=args.bootstrap, report=not args.no_report,
         extra_data=tuple(args.extra_data), heartbeat_grace=args.heartbeat_grace,
         save_model=args.save_model, no_cache=args.no_cache, device=args.device,
+        experts=_expert_slugs(args.experts), expert_transform=args.expert_transform,
     )  # fmt: skip
     result = run_training(config)
     print(format_run_summary(result.metrics, result.out_dir))

@@ -29,6 +29,8 @@ class Stage2Config:
     early_stopping: int = 100
     n_bootstrap: int = 1000
     report: bool = True
+    experts: tuple[str, ...] = ()  # slugs of FEATURES/experts/<slug>.parquet to stack
+    expert_transform: str = "logit"  # logit | rank
     device: str = "cpu"  # cpu | cuda | auto: where XGBoost trains (LightGBM: CPU; boosters.py)
     no_cache: bool = False  # rebuild the fold features instead of reusing OUT/fold_cache
     extra_data: tuple[Path, ...] = ()  # --extra-data: dataset folders or stage 1 output folders

@@ -18,6 +18,7 @@ from stage1_embed.schema import (
     embeddings_path,
     read_embeddings,
     read_manifest,
+    read_provenance,
 )
 from stage1_embed.weights import file_sha256
 
@@ -35,6 +36,8 @@ class StageData:
     provenance: dict[str, Any] = field(default_factory=dict)
     embedding_provenance: dict[str, dict[str, Any]] = field(default_factory=dict)
     extra_sources: list[str] = field(default_factory=list)  # names of --extra-data sets, in order
+    experts: dict[str, np.ndarray] = field(default_factory=dict)  # slug -> probability (NaN: none)
+    expert_provenance: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if "source" not in self.frame.columns:
@@ -70,13 +73,35 @@ def available_backbones(features_dir: Path) -> list[str]:
 
 
 def load_stage_data(
-    features_dir: Path, backbones: list[str] | None, extra_dirs: Sequence[Path] = ()
-) -> StageData:
+    features_dir: Path, backbones: list[str] | None, extra_dirs: Sequence[Path] = (),
+    experts: Sequence[str] = (),
+) -> StageData:  # fmt: skip
     """Manifest rows usable by stage 2, plus embeddings of ``backbones`` (None = all present);
-    ``extra_dirs`` are stage 1 outputs of extra training sets, appended as extra rows."""
+    ``extra_dirs`` are stage 1 outputs of extra training sets, appended as extra rows;
+    ``experts`` are slugs of FEATURES/experts/<slug>.parquet (the expert stage's probabilities;
+    extra rows have none: they are never held out)."""
     data = _load_one(features_dir, backbones)
     for folder in extra_dirs:
         data = _with_extra(data, _load_one(folder, sorted(data.embeddings)), folder)
+    for slug in experts:
+        path = Path(features_dir) / "experts" / f"{slug}.parquet"
+        if not path.is_file():
+            raise ContractError(
+                f"No expert probabilities at {path}. Run the expert stage first: python -m "
+                f"stage1_embed.experts --data DATA --out {features_dir} --experts SPEC "
+                "(./run_all.sh --experts does it)."
+            )
+        table = pd.read_parquet(path)
+        keys = pd.MultiIndex.from_frame(table[["split", "image_name"]])
+        wanted = pd.MultiIndex.from_frame(data.frame[["split", "image_name"]])
+        values = pd.Series(table["expert"].to_numpy(dtype=float), index=keys).reindex(wanted)
+        missing = values.isna().to_numpy() & ~data.is_extra
+        if missing.any():
+            raise ContractError(
+                f"{path} lacks {int(missing.sum())} image(s) of the features; rerun the expert stage."
+            )
+        data.experts[slug] = values.to_numpy()
+        data.expert_provenance[slug] = read_provenance(path)
     return data
 
 

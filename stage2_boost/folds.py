@@ -19,6 +19,8 @@ from .errors import TrainingError
 
 logger = logging.getLogger(__name__)
 FOLDS_FILE = "folds.parquet"
+EVAL_FOLDS_FILE = "folds_eval.parquet"
+EVAL_SEED_OFFSET = 1000  # oof_auc is measured on folds the tuning never saw
 _META_KEY = b"melanoma_stack_folds"
 FEW_POSITIVES = 5
 
@@ -92,3 +94,13 @@ def load_or_make_folds(
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
     return folds, False
+
+
+def load_or_make_eval_folds(
+    train: pd.DataFrame, n_folds: int, seed: int, stage2_dir: Path
+) -> tuple[np.ndarray, str]:
+    """The evaluation folds (``seed`` + EVAL_SEED_OFFSET) that stage 2 scores with and the expert
+    stage fine-tunes in: one file, one piece of code. Returns the folds and their key."""
+    eval_seed = seed + EVAL_SEED_OFFSET
+    folds, _ = load_or_make_folds(train, n_folds, eval_seed, Path(stage2_dir) / EVAL_FOLDS_FILE)
+    return folds, folds_key(train, n_folds, eval_seed)

@@ -18,10 +18,10 @@ from .boosters import create_booster, resolve_device
 from .config import Stage2Config
 from .cv import CVResult, FoldMatrices, cross_validate, oof_folds, oof_rows, prepare_folds
 from .data import StageData, load_stage_data
-from .errors import ConfigError, OutputError
+from .errors import ConfigError, ContractError, OutputError
 from .features import DEFAULT_GROUPS, IMAGE_GROUPS, create_feature_groups
 from .fold_cache import CACHE_DIR, cached_prepare_folds
-from .folds import load_or_make_folds
+from .folds import EVAL_SEED_OFFSET, load_or_make_eval_folds, load_or_make_folds
 from .metrics import auc, bootstrap_auc_ci
 from .model.calibration import (
     Platt,
@@ -43,7 +43,6 @@ from .tune import (
 )
 
 logger = logging.getLogger(__name__)
-EVAL_SEED_OFFSET = 1000  # oof_auc is measured on folds the tuning never saw
 
 
 @dataclass
@@ -96,7 +95,9 @@ def resolve_groups(config: Stage2Config, data: StageData) -> tuple[str, ...]:
             if data.embeddings
             else tuple(g for g in DEFAULT_GROUPS if g not in IMAGE_GROUPS)
         )
-        return groups
+        return (*groups, "expert") if data.experts else groups
+    if "expert" in config.feature_groups and not data.experts:
+        raise ConfigError("Feature group 'expert' needs --experts (the expert stage's outputs).")
     if set(config.feature_groups) & IMAGE_GROUPS and not data.embeddings:
         raise ConfigError(
             "Feature groups embedding/ugly-duckling need embeddings, but none were found in "
@@ -112,6 +113,7 @@ def _train_locked(config: Stage2Config, out: Path) -> RunResult:
         config.features_dir,
         list(config.backbones) if config.backbones else None,
         config.extra_features_dirs,
+        config.experts,
     )
     groups = resolve_groups(config, data)
     backbones = sorted(data.embeddings)
@@ -121,7 +123,7 @@ def _train_locked(config: Stage2Config, out: Path) -> RunResult:
     n_pos_all = n_pos + int(data.target[extra_rows].sum())
     folds, _ = load_or_make_folds(train, config.n_folds, config.seed, out / "folds.parquet")
     eval_seed = config.seed + EVAL_SEED_OFFSET
-    eval_folds, _ = load_or_make_folds(train, config.n_folds, eval_seed, out / "folds_eval.parquet")
+    eval_folds, eval_key = load_or_make_eval_folds(train, config.n_folds, config.seed, out)
     logger.info("%d train images (%d malignant, %d patients), %d test; features %s; backbones %s",
                 len(train), n_pos, train["patient_id"].nunique(), len(test_rows),
                 ",".join(groups), ",".join(backbones) or "none")  # fmt: skip
@@ -131,18 +133,25 @@ def _train_locked(config: Stage2Config, out: Path) -> RunResult:
                     len(extra_rows), n_pos_all - n_pos, ", ".join(data.extra_sources))  # fmt: skip
     n_components = config.n_components or auto_components(n_pos_all, len(backbones))
 
+    experts = sorted(data.experts)
+    _check_expert_folds(data, eval_key, config)
+
     def make_groups(names: tuple[str, ...] = groups) -> list:
-        return create_feature_groups(names, backbones, config.reduction, n_components, config.seed)
+        return create_feature_groups(names, backbones, config.reduction, n_components, config.seed,
+                                     experts, config.expert_transform)  # fmt: skip
 
     cache = None if config.no_cache else out / CACHE_DIR
     key_parts = {"groups": groups, "backbones": backbones, "reduction": config.reduction,
-                 "n_components": n_components}  # fmt: skip
+                 "n_components": n_components, "experts": {s: data.expert_provenance[s].get("settings_hash") for s in experts},
+                 "expert_transform": config.expert_transform}  # fmt: skip
     tuning = cached_prepare_folds(cache, key_parts, data, train_rows, folds, make_groups,
                                   config.seed, None, extra_rows)  # fmt: skip
     evaluation = cached_prepare_folds(cache, key_parts, data, train_rows, eval_folds, make_groups,
                                       eval_seed, test_rows, extra_rows)  # fmt: skip
     feature_set = _feature_set(config, groups, backbones, n_components, evaluation[0].X_fit.columns)
     feature_set["extra_sources"] = data.extra_sources
+    feature_set["experts"] = experts
+    feature_set["expert_transform"] = config.expert_transform
     _warn_if_too_few_positives(feature_set["n_features"], n_pos_all)
     storage = open_storage(config.storage_url, config.heartbeat_grace)
     models = [
@@ -152,6 +161,11 @@ def _train_locked(config: Stage2Config, out: Path) -> RunResult:
     blend = _blend(data, models, evaluation)
     metrics = _metrics(config, data, models, evaluation, feature_set, run_id, blend)
     metrics["extra"] = _extra_summary(data, extra_rows)
+    metrics["experts"] = {
+        slug: {k: p.get(k) for k in ("oof_auc", "backbone_spec", "recipe", "device", "folds_key")}
+        | {"best_epochs": [f.get("best_epoch") for f in (p.get("folds") or {}).values()]}
+        for slug, p in data.expert_provenance.items()
+    }
     if "acquisition" in groups:
         metrics["oof_auc_without_acquisition"] = _auc_without_acquisition(
             config, data, models, train_rows, eval_folds, eval_seed, groups, make_groups,
@@ -163,6 +177,17 @@ def _train_locked(config: Stage2Config, out: Path) -> RunResult:
     metrics["seconds"] = round(time.perf_counter() - started, 1)
     _write_outputs(out, data, models, evaluation, metrics, config, blend)
     return RunResult(run_id, metrics, out, models)
+
+
+def _check_expert_folds(data: StageData, eval_key: str, config: Stage2Config) -> None:
+    """Stacked expert probabilities are out of fold only on the folds they were trained in."""
+    for slug, provenance in data.expert_provenance.items():
+        if provenance.get("folds_key") != eval_key:
+            raise ContractError(
+                f"Expert {slug} was fine-tuned in other folds than this run evaluates with (other "
+                f"images, --folds or --seed): its probabilities would leak labels into the OOF AUC. "
+                f"Rerun the expert stage with --folds {config.n_folds} --seed {config.seed}."
+            )
 
 
 def _extra_summary(data: StageData, extra_rows: np.ndarray) -> dict[str, Any]:
@@ -204,6 +229,8 @@ def _save_models(
         backbones={slug: {k: p.get(k) for k in _MODEL_PROVENANCE}
                    for slug, p in data.embedding_provenance.items()},
         metrics=summary, config=config.to_json(),
+        experts={slug: (p, sorted((Path(config.features_dir) / "experts" / slug).glob("fold*.safetensors")))
+                 for slug, p in data.expert_provenance.items()},
     )  # fmt: skip
     folders = [out / MODEL_DIR, *([config.save_model] if config.save_model else [])]
     for folder in folders:
@@ -245,6 +272,7 @@ def _feature_key(feature_set: dict[str, Any]) -> str:
     groups = "+".join(feature_set["groups"])
     has_images = bool(IMAGE_GROUPS & set(feature_set["groups"]))
     extra = "".join(f".x-{name}" for name in feature_set.get("extra_sources", []))
+    extra += "".join(f".e-{name}" for name in feature_set.get("experts", []))
     return f"{groups}{'.' + images if has_images else ''}{extra}.f{feature_set['folds']}s{feature_set['seed']}"
 
 

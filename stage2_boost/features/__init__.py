@@ -12,13 +12,23 @@ from ..errors import ConfigError
 from .acquisition import AcquisitionFeatures
 from .base import FeatureGroup
 from .embedding import EmbeddingFeatures
+from .expert import ExpertFeatures
 from .metadata import MetadataFeatures
 from .patient import PatientFeatures
 from .probe import LinearProbeFeatures
 from .source import SourceFeatures
 from .ugly_duckling import UglyDucklingFeatures
 
-GROUPS = ("metadata", "patient", "embedding", "probe", "ugly-duckling", "acquisition", "source")
+GROUPS = (
+    "metadata",
+    "patient",
+    "embedding",
+    "probe",
+    "ugly-duckling",
+    "acquisition",
+    "source",
+    "expert",
+)
 DEFAULT_GROUPS = ("metadata", "patient", "embedding", "probe", "ugly-duckling")
 IMAGE_GROUPS = frozenset({"embedding", "probe", "ugly-duckling"})
 
@@ -34,9 +44,11 @@ def parse_groups(text: str) -> tuple[str, ...]:
 
 
 def create_feature_groups(
-    names: Sequence[str], backbones: Sequence[str], reduction: str, n_components: int, seed: int
-) -> list[FeatureGroup]:
-    """Fresh (unfitted) groups; image groups get one instance per backbone."""
+    names: Sequence[str], backbones: Sequence[str], reduction: str, n_components: int, seed: int,
+    experts: Sequence[str] = (), expert_transform: str = "logit",
+) -> list[FeatureGroup]:  # fmt: skip
+    """Fresh (unfitted) groups; image groups get one instance per backbone, ``expert`` one per
+    fine-tuned expert."""
     groups: list[FeatureGroup] = []
     for name in names:
         if name == "metadata":
@@ -47,6 +59,8 @@ def create_feature_groups(
             groups.append(AcquisitionFeatures())
         elif name == "source":
             groups.append(SourceFeatures())
+        elif name == "expert":
+            groups += [ExpertFeatures(s, expert_transform) for s in experts]
         elif name == "embedding":
             groups += [EmbeddingFeatures(s, reduction, n_components, seed) for s in backbones]
         elif name == "probe":
@@ -73,8 +87,10 @@ def feature_group_of(column: str) -> str:
     prefix, _, rest = column.partition("__")
     if prefix == "meta":
         return "metadata"
-    if prefix in ("patient", "acq", "source"):
-        return {"patient": "patient", "acq": "acquisition", "source": "source"}[prefix]
+    if prefix in ("patient", "acq", "source", "expert"):
+        return {"patient": "patient", "acq": "acquisition", "source": "source", "expert": "expert"}[
+            prefix
+        ]
     if rest == "probe":
         return "probe"
     return "ugly-duckling" if rest.startswith("ud_") else "embedding"

@@ -49,7 +49,8 @@ def load_model(folder: Path) -> SavedModel:
     fs = manifest["feature_set"]
     fold_groups = [
         read_group_state(
-            create_feature_groups(fs["groups"], fs["backbones"], fs["reduction"], fs["n_components"], fs["seed"]),
+            create_feature_groups(fs["groups"], fs["backbones"], fs["reduction"], fs["n_components"], fs["seed"],
+                                  fs.get("experts", ()), fs.get("expert_transform", "logit")),
             values, folder / "state" / f"fold{fold}.safetensors",
         )
         for fold, values in enumerate(manifest["group_state"])

@@ -53,7 +53,8 @@ def run_predict(
             f"{features_dir} has no {split!r} images to score (splits: "
             f"{sorted(manifest['split'].unique())}). Use --split with one of those."
         )
-    data = load_stage_data(features_dir, list(model.backbones))
+    experts = list(model.manifest.get("feature_set", {}).get("experts", []))
+    data = load_stage_data(features_dir, list(model.backbones), experts=experts)
     rows = data.split_index(split)
     scored = score_rows(model, data, rows, explain)
     frame = data.frame.iloc[rows]

@@ -21,7 +21,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,8 @@ from ..cv import FoldMatrices
 from ..features import FeatureGroup
 
 MODEL_DIR = "model"
+EXPERT_KEYS = ("backbone_spec", "architecture", "weights", "recipe", "normalisation", "n_folds",
+               "settings_hash", "oof_auc")  # fmt: skip
 MANIFEST = "model.json"
 SCHEMA_VERSION = 1
 KIND = "melanoma-stack model"
@@ -66,6 +68,8 @@ class ModelContent:
     backbones: dict[str, dict[str, Any]]  # slug -> stage 1 provenance of its embeddings
     metrics: dict[str, Any]
     config: dict[str, Any]
+    experts: dict[str, tuple[dict[str, Any], list[Path]]] = field(default_factory=dict)
+    # slug -> (the expert stage's provenance, its fine-tuned fold weight files)
 
 
 def save_model(target: Path, content: ModelContent) -> Path:
@@ -90,14 +94,22 @@ def _write_files(folder: Path, content: ModelContent) -> dict[str, Any]:
         write_group_state(fold.groups, folder / "state" / f"fold{fold.fold}.safetensors")
         for fold in content.evaluation
     ]
+    experts = {}
+    for slug, (provenance, weight_files) in content.experts.items():
+        (folder / "experts" / slug).mkdir(parents=True)
+        copied: list[str] = []
+        for path in weight_files:
+            shutil.copy(path, folder / "experts" / slug / path.name)
+            copied.append(f"experts/{slug}/{path.name}")
+        experts[slug] = {**{k: provenance.get(k) for k in EXPERT_KEYS}, "files": copied}
     models = []
     for name, (adapter, fits, info) in content.boosters.items():
-        files = []
+        booster_files: list[str] = []
         for index, fitted in enumerate(fits):
             relative = f"boosters/{name}_fold{index}{adapter.model_suffix}"
             adapter.save(fitted, folder / relative)
-            files.append(relative)
-        models.append({"name": name, "files": files, **info})
+            booster_files.append(relative)
+        models.append({"name": name, "files": booster_files, **info})
     return {
         "schema_version": SCHEMA_VERSION,
         "kind": KIND,
@@ -114,6 +126,7 @@ def _write_files(folder: Path, content: ModelContent) -> dict[str, Any]:
             "platt": content.platt,
         },
         "backbones": content.backbones,
+        "experts": experts,
         "metrics": content.metrics,
         "config": content.config,
         "libraries": _versions(),

@@ -1,0 +1,164 @@
+"""Fine-tune one fold: AdamW with warm-up and cosine decay, balanced loss, epoch chosen on an
+inner patient split, a checkpoint after every epoch (a killed run resumes there), TTA at prediction.
+
+Deterministic on the CPU for a given seed: each epoch reseeds torch from (seed, fold, epoch), so a
+resumed run draws the same batches and augmentations as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from sklearn.metrics import roc_auc_score
+from torch.utils.data import DataLoader
+
+from ..atomic import atomic_path
+from ..extract import _view
+from .images import ImageStore, TrainingSet
+from .recipe import Recipe
+
+logger = logging.getLogger(__name__)
+
+
+class Classifier(torch.nn.Module):
+    """A pooled backbone and one logit; normalisation inside, so it takes uint8 images."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(
+        self,
+        backbone: torch.nn.Module,
+        num_features: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+    ) -> None:
+        super().__init__()
+        self.backbone, self.head = backbone, torch.nn.Linear(num_features, 1)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = ((pixels.float() - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        return self.head(self.backbone(x)).squeeze(1)
+
+
+@dataclass
+class FoldOutcome:
+    best_epoch: int
+    inner_aucs: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+
+
+def train_fold(
+    model: Classifier, store: ImageStore, fit: np.ndarray, fit_y: np.ndarray, stop: np.ndarray,
+    stop_y: np.ndarray, recipe: Recipe, device: torch.device, folder: Path, fold: int,
+    workers: int = 0,
+) -> tuple[Classifier, FoldOutcome]:  # fmt: skip
+    """Train with checkpoints in ``folder``; return the model at its best inner-AUC epoch."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model = model.to(device).to(memory_format=torch.channels_last)
+    steps_per_epoch = max(1, math.ceil(len(fit) / recipe.batch_size))
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay
+    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(recipe, steps_per_epoch))
+    n_pos = max(1.0, float(fit_y.sum()))
+    pos_weight = math.sqrt((len(fit_y) - n_pos) / n_pos) if recipe.balance == "weight" else 1.0
+    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight, device=device))
+    outcome, best_state, start = FoldOutcome(best_epoch=0), None, 0
+    checkpoint = folder / "checkpoint.pt"
+    if checkpoint.is_file():  # resume after the last finished epoch
+        saved = torch.load(checkpoint, map_location=device, weights_only=True)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        schedule.load_state_dict(saved["schedule"])
+        start = int(saved["epoch"]) + 1
+        outcome = FoldOutcome(
+            int(saved["best_epoch"]), list(saved["inner_aucs"]), list(saved["losses"])
+        )
+        best_state = load_file(str(folder / "best.safetensors"), device=str(device))
+        logger.info("fold %d: resuming after epoch %d", fold, start)
+    autocast = torch.autocast(
+        device.type, torch.bfloat16, enabled=recipe.precision == "bf16" and device.type == "cuda"
+    )
+    for epoch in range(start, recipe.epochs):
+        torch.manual_seed(recipe.seed * 100_003 + fold * 1_009 + epoch)
+        loader = DataLoader(TrainingSet(store, fit, fit_y, recipe), batch_size=recipe.batch_size,
+                            shuffle=True, num_workers=workers, drop_last=len(fit) > recipe.batch_size)  # fmt: skip
+        model.train()
+        total, seen = 0.0, 0
+        for pixels, labels in loader:
+            with autocast:
+                loss = loss_fn(
+                    model(pixels.to(device, non_blocking=True)).float(), labels.to(device).float()
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total, seen = total + float(loss.detach()) * len(labels), seen + len(labels)
+        outcome.losses.append(total / max(1, seen))
+        inner = predict(model, store, stop, device, (), recipe)
+        outcome.inner_aucs.append(
+            float(roc_auc_score(stop_y, inner)) if len(set(stop_y)) > 1 else float("nan")
+        )
+        if best_state is None or outcome.inner_aucs[-1] >= outcome.inner_aucs[outcome.best_epoch]:
+            outcome.best_epoch = epoch
+            best_state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+            with atomic_path(folder / "best.safetensors") as tmp:
+                save_file(best_state, str(tmp))
+        logger.info("fold %d epoch %d/%d: loss %.4f, inner AUC %.4f (best epoch %d)", fold, epoch + 1,
+                    recipe.epochs, outcome.losses[-1], outcome.inner_aucs[-1], outcome.best_epoch + 1)  # fmt: skip
+        with atomic_path(checkpoint) as tmp:
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "schedule": schedule.state_dict(), "epoch": epoch, "best_epoch": outcome.best_epoch,
+                        "inner_aucs": outcome.inner_aucs, "losses": outcome.losses}, tmp)  # fmt: skip
+    assert best_state is not None
+    best = copy.deepcopy(model)
+    best.load_state_dict(best_state)
+    return best.eval(), outcome
+
+
+@torch.inference_mode()
+def predict(
+    model: Classifier, store: ImageStore, rows: np.ndarray, device: torch.device,
+    tta: Sequence[str], recipe: Recipe,
+) -> np.ndarray:  # fmt: skip
+    """Malignancy probability per row: the mean over the original and the TTA views."""
+    model.eval()
+    out = []
+    autocast = torch.autocast(
+        device.type, torch.bfloat16, enabled=recipe.precision == "bf16" and device.type == "cuda"
+    )
+    for start in range(0, len(rows), recipe.batch_size * 2):
+        pixels = torch.stack([store[r] for r in rows[start : start + recipe.batch_size * 2]]).to(
+            device
+        )
+        with autocast:
+            probs = torch.sigmoid(model(pixels).float())
+            for view in tta:
+                probs += torch.sigmoid(model(_view(pixels, view)).float())
+        out.append((probs / (1 + len(tta))).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def _warmup_cosine(recipe: Recipe, steps_per_epoch: int):
+    warmup = max(1, int(recipe.warmup_epochs * steps_per_epoch))
+    total = max(warmup + 1, recipe.epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / (total - warmup)
+        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
