@@ -29,6 +29,9 @@ Usage: ./run_all.sh [options]
                       drop extra images whose name is already in another source (default: error)
   --device D          auto | cpu | cuda (default auto)
   --stage S           1 | 2 | all (default all); --stage 2 reuses the cached embeddings
+  --experts LIST      also fine-tune these backbones inside the patient folds (the expert stage:
+                      python -m stage1_embed.experts, every knob there) and stack their
+                      out-of-fold probabilities in stage 2
   --model DIR         score instead of training: embed DATA with the saved model's backbones and
                       preprocessing, then write OUT/predictions.csv and OUT/submission.csv
                       (DIR is a training run's OUT/stage2/model; DATA may hold only test.csv, or
@@ -43,7 +46,7 @@ USAGE
 die() { echo "error: $*" >&2; echo "run ./run_all.sh --help for usage" >&2; exit 2; }
 need() { [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value"; }
 
-EXTRA_ARGS=() DROP_DUPLICATES=0 MODEL="" PREDICT_ARGS=()
+EXTRA_ARGS=() DROP_DUPLICATES=0 MODEL="" PREDICT_ARGS=() EXPERTS="" EXPERT_EXTRA=()
 DATA="" OUT="" BACKBONES="" TRIALS=20 FEATURES="" TIMEOUT="" STORAGE="" WEIGHTS_DIR="" DEVICE=auto STAGE=all SMOKE=0
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -60,6 +63,7 @@ while [ $# -gt 0 ]; do
     --device) need "$@"; DEVICE="$2"; shift 2 ;;
     --stage) need "$@"; STAGE="$2"; shift 2 ;;
     --model) need "$@"; MODEL="$2"; shift 2 ;;
+    --experts) need "$@"; EXPERTS="$2"; shift 2 ;;
     --split) need "$@"; PREDICT_ARGS+=(--split "$2"); shift 2 ;;
     --explain) PREDICT_ARGS+=(--explain); shift ;;
     --smoke) SMOKE=1; shift ;;
@@ -79,6 +83,7 @@ if [ "$SMOKE" = 1 ]; then
   BACKBONES="${BACKBONES:-tf_efficientnet_lite0}"
   TRIALS=2
   STAGE2_EXTRA+=(--folds 3 --bootstrap 200 --max-rounds 300 --early-stopping 30)
+  EXPERT_EXTRA+=(--folds 3 --epochs 1 --image-size 64)
 fi
 [ -z "$MODEL" ] || [ -n "$DATA" ] || die "--model needs --data (the images to score)"
 if [ -z "$DATA" ]; then  # the generated demo (a smaller one for --smoke)
@@ -108,11 +113,17 @@ if [ "$STAGE" != 2 ]; then
   echo "== stage 1: embeddings ($DATA -> $OUT)"
   python -m stage1_embed "${ARGS[@]}" "${EXTRA_ARGS[@]}" "${STAGE1_EXTRA[@]}"
 fi
+if [ -n "$EXPERTS" ] && [ "$STAGE" != 2 ]; then
+  echo "== expert stage: fine-tuning $EXPERTS inside the patient folds"
+  python -m stage1_embed.experts --data "$DATA" --out "$OUT" --experts "$EXPERTS" --device "$DEVICE" \
+    ${WEIGHTS_DIR:+--weights-dir "$WEIGHTS_DIR"} "${EXTRA_ARGS[@]}" "${EXPERT_EXTRA[@]}"
+fi
 if [ "$STAGE" != 1 ]; then
   ARGS=(train --features "$OUT" --trials "$TRIALS" --device "$DEVICE")
   [ -n "$FEATURES" ] && ARGS+=(--groups "$FEATURES")
   [ -n "$TIMEOUT" ] && ARGS+=(--timeout "$TIMEOUT")
   [ -n "$STORAGE" ] && ARGS+=(--storage "$STORAGE")
+  [ -n "$EXPERTS" ] && ARGS+=(--experts "$EXPERTS")
   echo "== stage 2: tuned LightGBM + XGBoost ($OUT -> $OUT/stage2)"
   python -m stage2_boost "${ARGS[@]}" "${EXTRA_ARGS[@]}" "${STAGE2_EXTRA[@]}"
 fi

@@ -192,6 +192,7 @@ def _run_fold(
     (folder / "settings.json").write_text(json.dumps({"settings_hash": settings["settings_hash"]}))
     fit_part, stop_part, valid, test = _fold_rows(rows, fold, config)
     target = rows["target"].to_numpy(dtype=float, na_value=0.0)
+    torch.manual_seed(config.recipe.seed * 7_919 + fold)  # the new head's initial weights
     model = _classifier(backbone)
     trained, outcome = train_fold(model, store, fit_part, target[fit_part], stop_part, target[stop_part],
                                   config.recipe, device, folder, fold, config.workers)  # fmt: skip

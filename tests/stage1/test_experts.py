@@ -1,0 +1,133 @@
+"""The expert stage on a small demo: out-of-fold honesty, extra rows, resume, cache, stage 2."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from stage1_embed.config import Stage1Config
+from stage1_embed.experts.recipe import Recipe
+from stage1_embed.experts.stage import ExpertConfig, _fold_rows, expert_path, run_experts
+from stage1_embed.pipeline import run_stage1
+from stage2_boost.config import Stage2Config
+from stage2_boost.errors import ContractError
+from stage2_boost.folds import load_or_make_eval_folds
+from stage2_boost.train import run_training
+from tests.conftest import REPO, WEIGHTS, require
+from tests.stage2.helpers import FAST
+
+pytestmark = pytest.mark.slow
+SLUG = "tf_efficientnet_lite0"
+RECIPE = Recipe(image_size=32, epochs=2, batch_size=16, tta=("hflip",))
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("experts")
+    data = root / "demo"
+    subprocess.run([sys.executable, "-m", "stage1_embed.demo", "--out", str(data), "--patients", "30"],
+                   check=True, cwd=REPO, capture_output=True)  # fmt: skip
+    spec = f"local-dir:{require(WEIGHTS / SLUG)}"
+    run_stage1(Stage1Config(data_dir=data, out_dir=root / "out", backbones=(spec,), image_format="jpeg",
+                            num_workers=0, progress=False))  # fmt: skip
+    return data, root / "out"
+
+
+def config(data: Path, out: Path, **changes: object) -> ExpertConfig:
+    spec = f"local-dir:{WEIGHTS / SLUG}"
+    base = ExpertConfig(data_dir=data, out_dir=out, specs=(spec,), recipe=RECIPE, n_folds=3, image_format="jpeg",
+                        progress=False)  # fmt: skip
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def test_no_oof_probability_comes_from_a_model_that_saw_its_patient() -> None:
+    rng = np.random.default_rng(0)
+    rows = pd.DataFrame({"image_name": [f"I{i}" for i in range(120)],
+                         "patient_id": [f"P{i // 4}" for i in range(100)] + [f"X{i}" for i in range(20)],
+                         "split": ["train"] * 90 + ["test"] * 10 + ["train"] * 20,
+                         "target": rng.integers(0, 2, 120), "extra": [False] * 100 + [True] * 20})  # fmt: skip
+    for seed in range(5):  # a property over fold seeds
+        rows["fold"] = [int(i // 4) % 3 if i < 90 else -1 for i in range(120)]
+        cfg = ExpertConfig(Path("."), Path("."), ("x",), Recipe(), n_folds=3, seed=seed)
+        for fold in range(3):
+            fit, stop, valid, test = _fold_rows(rows, fold, cfg)
+            seen = set(rows["patient_id"].to_numpy()[np.concatenate([fit, stop])])
+            assert not seen & set(rows["patient_id"].to_numpy()[valid])  # no patient on both sides
+            assert (
+                not rows["extra"].to_numpy()[np.concatenate([stop, valid, test])].any()
+            )  # extra only trains
+            assert set(np.flatnonzero(rows["extra"])) <= set(fit)
+            assert (rows["fold"].to_numpy()[valid] == fold).all() and (
+                rows["split"].to_numpy()[test] == "test"
+            ).all()
+            assert not set(rows["patient_id"].to_numpy()[fit]) & set(
+                rows["patient_id"].to_numpy()[stop]
+            )
+
+
+def test_experts_use_stage_2s_folds_cache_and_stack(demo: tuple[Path, Path]) -> None:
+    data, out = demo
+    (result,) = run_experts(config(data, out))
+    assert result.status == "computed" and result.oof_auc is not None
+    table = pd.read_parquet(expert_path(out, SLUG))
+    manifest = pd.read_parquet(out / "manifest.parquet")
+    train = manifest[manifest["split"] == "train"].reset_index(drop=True)
+    folds, _ = load_or_make_eval_folds(train, 3, 42, out / "stage2")
+    by_name = table[table["split"] == "train"].set_index("image_name")["fold"]
+    assert (
+        by_name.loc[train["image_name"]].to_numpy() == folds
+    ).all()  # the folds stage 2 scores with
+    assert (
+        table["expert"].between(0, 1).all()
+        and (table["split"] == "test").sum() == (manifest["split"] == "test").sum()
+    )
+    assert len(list((out / "experts" / SLUG).glob("fold*.safetensors"))) == 3
+    assert run_experts(config(data, out))[0].status == "cached"
+    stage2 = Stage2Config(
+        features_dir=out, n_components=4, experts=(SLUG,), **{**FAST, "n_folds": 3}
+    )
+    metrics = run_training(stage2).metrics
+    assert "expert" in metrics["feature_groups"] and metrics["experts"][SLUG][
+        "oof_auc"
+    ] == pytest.approx(result.oof_auc)
+    with pytest.raises(ContractError, match="fine-tuned in other folds"):
+        run_training(replace(stage2, n_folds=4))
+
+
+def test_a_killed_expert_run_resumes_to_the_same_probabilities(
+    demo: tuple[Path, Path], tmp_path: Path
+) -> None:
+    data, out = demo
+    reference = tmp_path / "ref"
+    killed = tmp_path / "killed"
+    for folder in (reference, killed):
+        subprocess.run(["cp", "-r", str(out), str(folder)], check=True)
+        subprocess.run(["rm", "-rf", str(folder / "experts")], check=True)
+    args = [sys.executable, "-m", "stage1_embed.experts", "--data", str(data), "--experts", f"local-dir:{WEIGHTS / SLUG}",
+            "--folds", "3", "--image-size", "32", "--epochs", "3", "--batch-size", "16", "--tta", "hflip",
+            "--format", "jpeg", "--device", "cpu", "--no-progress"]  # fmt: skip
+    subprocess.run([*args, "--out", str(reference)], check=True, cwd=REPO, capture_output=True)
+    process = subprocess.Popen([*args, "--out", str(killed)], cwd=REPO, stderr=subprocess.DEVNULL)
+    checkpoint = killed / "experts" / SLUG / ".work" / "fold1" / "checkpoint.pt"
+    deadline = time.time() + 300
+    while time.time() < deadline and not checkpoint.exists():
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)  # mid-fold: fold 1 has a checkpoint, not its result
+    process.wait()
+    assert not expert_path(killed, SLUG).exists()
+    resumed = subprocess.run(
+        [*args, "--out", str(killed), "-v"], check=True, cwd=REPO, capture_output=True, text=True
+    )
+    assert "resuming after epoch" in resumed.stderr or "fold 0 done" not in resumed.stderr
+    a = pd.read_parquet(expert_path(reference, SLUG))
+    b = pd.read_parquet(expert_path(killed, SLUG))
+    assert a[["image_name", "split", "fold"]].equals(b[["image_name", "split", "fold"]])
+    np.testing.assert_allclose(a["expert"], b["expert"], atol=1e-6)  # deterministic on the CPU
