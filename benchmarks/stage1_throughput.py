@@ -56,9 +56,10 @@ def whole_stage(
     workers: int,
     root: Path,
     out: Path,
+    engine: str = "auto",
 ) -> dict:
     config = Stage1Config(data_dir=root, out_dir=out, backbones=(spec,), batch_size=batch_size, input_size=input_size,
-                          device=device, num_workers=workers, progress=False)  # fmt: skip
+                          device=device, num_workers=workers, progress=False, engine=engine)  # fmt: skip
     started = time.perf_counter()
     summary = run_stage1(config)
     total = time.perf_counter() - started
@@ -95,6 +96,11 @@ def main() -> None:
     parser.add_argument(
         "--memory", action="store_true", help="also peak RSS at 1x and 4x the images"
     )
+    parser.add_argument(
+        "--engine",
+        default="auto",
+        help="the whole stage's engine (forward only is always torch eager)",
+    )
     parser.add_argument("--child-copies", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -125,6 +131,7 @@ def main() -> None:
             args.workers,
             root,
             Path(tmp) / "out",
+            args.engine,
         )
         after = forward_only(
             args.backbone, args.batch_size, args.input_size, args.device, root, 1024
@@ -132,7 +139,7 @@ def main() -> None:
         forward = (before + after) / 2
     print(f"machine: {machine()}")
     print(f"backbone {args.backbone.split('/')[-1]}, batch {args.batch_size}, input {args.input_size or 'default'}, "
-          f"device {args.device}, workers {Stage1Config(num_workers=args.workers).workers_for(args.device)}, "
+          f"device {args.device}, workers {Stage1Config(num_workers=args.workers).workers_for(args.device)}, engine {args.engine}, "
           f"{stage['images']} real 512x512 JPEGs")  # fmt: skip
     print(
         f"forward only (tensors in memory): {forward:8.1f} img/s  (before {before:.1f}, after {after:.1f})"

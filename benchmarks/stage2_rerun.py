@@ -1,0 +1,80 @@
+"""How long a stage 2 rerun takes after a full run, and how much of it is trials, in one run.
+
+    .venv/bin/python benchmarks/stage2_rerun.py --work /tmp/melanoma-rerun
+
+On the 1,847 real ISIC JPEGs from ../shared with Lite0 (shared weights): (1) the full
+``./run_all.sh`` (stage 1 + stage 2, 20 trials per model); (2) ``./run_all.sh --stage 2 --trials 0``
+(refit only: the fold features come from the fold cache); (3) ``--stage 2 --trials 20``. Each is
+a fresh process, timed from outside; the time spent in trials comes from the Optuna studies'
+timestamps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import REPO, WEIGHTS, isic_jpeg_layout, machine
+
+
+def run(args: list[str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(["./run_all.sh", *args], cwd=REPO, check=True, capture_output=True)
+    return time.perf_counter() - started
+
+
+def trial_seconds(storage: str, since: float) -> float:
+    """Seconds spent inside trials that started after ``since`` (epoch seconds), all studies."""
+    total = 0.0
+    for summary in optuna.get_all_study_summaries(storage):
+        for trial in optuna.load_study(study_name=summary.study_name, storage=storage).trials:
+            if (
+                trial.datetime_start
+                and trial.datetime_complete
+                and trial.datetime_start.timestamp() >= since
+            ):
+                total += (trial.datetime_complete - trial.datetime_start).total_seconds()
+    return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/melanoma-rerun"))
+    args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    data = isic_jpeg_layout(args.work / "isic")
+    out = args.work / "out"
+    base = [
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--backbones",
+        f"local-dir:{WEIGHTS / 'tf_efficientnet_lite0'}",
+    ]
+    storage = f"sqlite:///{(out / 'stage2' / 'optuna.db').resolve()}"
+    print(f"machine: {machine()}")
+    print("| run | wall time | in trials | share of the full run |\n| --- | --- | --- | --- |")
+    rows = []
+    for label, extra in (("full `./run_all.sh` (stage 1 + 20 trials per model)", []),
+                         ("`--stage 2 --trials 0` (refit from the studies)", ["--stage", "2", "--trials", "0"]),
+                         ("`--stage 2 --trials 20`", ["--stage", "2", "--trials", "20"])):  # fmt: skip
+        since = time.time()
+        seconds = run([*base, *extra])
+        rows.append((label, seconds, trial_seconds(storage, since)))
+    full = rows[0][1]
+    for label, seconds, trials in rows:
+        print(
+            f"| {label} | {seconds:.0f} s | {trials:.0f} s ({trials / seconds:.0%}) | {seconds / full:.0%} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
