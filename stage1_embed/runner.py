@@ -9,7 +9,6 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,13 @@ from .extract import Batch, ImageDataset, make_loader, plan_batches
 from .parts import Failure, PartsFolder
 from .preprocess import Preprocess
 from .progress import progress_bar
-from .schema import EMBEDDINGS_DIR, SCHEMA_VERSION, embeddings_path, read_provenance
+from .schema import (
+    EMBEDDINGS_DIR,
+    SCHEMA_VERSION,
+    embeddings_path,
+    library_versions,
+    read_provenance,
+)
 from .sources import ImageRef, ImageSource
 
 logger = logging.getLogger(__name__)
@@ -100,7 +105,7 @@ def backbone_provenance(
         **relevant,
         "settings_hash": settings_hash,
         "n_images": n_images,
-        "libraries": _versions(),
+        "libraries": library_versions(_LIBRARIES),
     }
 
 
@@ -215,13 +220,3 @@ def jsonable(value: Any) -> Any:
     return json.loads(
         json.dumps(value, default=lambda v: list(v) if isinstance(v, tuple) else str(v))
     )
-
-
-def _versions() -> dict[str, str]:
-    versions = {}
-    for name in _LIBRARIES:
-        try:
-            versions[name] = importlib_metadata.version(name)
-        except importlib_metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions

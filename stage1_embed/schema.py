@@ -66,6 +66,19 @@ def input_fingerprint(manifest: pd.DataFrame) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def library_versions(names: tuple[str, ...]) -> dict[str, str]:
+    """Installed versions of ``names`` ('not installed' when absent), for provenance."""
+    from importlib import metadata
+
+    found = {}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
 def embeddings_path(features_dir: Path, slug: str) -> Path:
     return Path(features_dir) / EMBEDDINGS_DIR / f"{slug}.parquet"
 

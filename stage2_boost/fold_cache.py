@@ -19,12 +19,13 @@ import logging
 import shutil
 import uuid
 from collections.abc import Callable
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from stage1_embed.schema import library_versions
 
 from .cv import FoldMatrices, prepare_folds
 from .data import StageData
@@ -55,7 +56,7 @@ def fold_cache_key(
     provenance = {
         "manifest": data.provenance.get("input_fingerprint"),
         "embeddings": {s: p.get("settings_hash") for s, p in sorted(data.embedding_provenance.items())},
-        "libraries": {n: _version(n) for n in _LIBRARIES},
+        "libraries": library_versions(_LIBRARIES),
         "code": _code_digest(),
         **parts,
     }  # fmt: skip
@@ -149,10 +150,3 @@ def _code_digest() -> str:
         for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
             digest.update(file.read_bytes())
     return digest.hexdigest()
-
-
-def _version(name: str) -> str:
-    try:
-        return importlib_metadata.version(name)
-    except importlib_metadata.PackageNotFoundError:
-        return "-"

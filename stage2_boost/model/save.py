@@ -22,13 +22,13 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from safetensors.numpy import save_file
 
+from stage1_embed.schema import library_versions
 from stage1_embed.weights import file_sha256
 
 from ..boosters import BoosterAdapter
@@ -129,7 +129,7 @@ def _write_files(folder: Path, content: ModelContent) -> dict[str, Any]:
         "experts": experts,
         "metrics": content.metrics,
         "config": content.config,
-        "libraries": _versions(),
+        "libraries": library_versions(LIBRARIES),
         "files": {
             str(p.relative_to(folder)): {"sha256": file_sha256(p), "bytes": p.stat().st_size}
             for p in sorted(folder.rglob("*"))
@@ -159,13 +159,3 @@ def _swap_into_place(staging: Path, target: Path) -> None:
     staging.rename(target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def _versions() -> dict[str, str]:
-    found = {}
-    for name in LIBRARIES:
-        try:
-            found[name] = importlib_metadata.version(name)
-        except importlib_metadata.PackageNotFoundError:
-            found[name] = "not installed"
-    return found
