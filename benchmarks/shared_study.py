@@ -5,14 +5,15 @@ the time a trial spends in the storage, SQLite vs PostgreSQL, side by side in on
 
 Features: the synthetic demo (453 images) with the Lite0 embedding, groups metadata, patient,
 embedding, probe, ugly-duckling; LightGBM only. Each worker is ``python -m stage2_boost train
---storage postgresql://...`` with its own --out; each worker count gets a fresh database and adds
-``--trials`` trials in all. Trials per minute come from the study's own timestamps (first trial
+--storage postgresql://... --threads cores/workers`` with its own --out; each worker count gets a
+fresh database and adds ``--trials`` trials in all. Trials per minute come from the study's own timestamps (first trial
 start to last trial end), so start-up and the final refit are not counted.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -54,7 +55,8 @@ def workers(features: Path, work: Path, url: str, n: int, total: int) -> float:
     started = time.perf_counter()
     procs = [subprocess.Popen([sys.executable, "-m", "stage2_boost", "train", "--features",
                                str(features), "--out", str(work / f"w{n}-{i}"), "--storage", url,
-                               "--trials", str(total // n), *WORKER_ARGS], cwd=REPO,
+                               "--trials", str(total // n), "--threads", str(max(1, (os.cpu_count() or 1) // n)),
+                               *WORKER_ARGS], cwd=REPO,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
              for i in range(n)]  # fmt: skip
     if any(p.wait() != 0 for p in procs):

@@ -46,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="cpu",
         help="cpu | cuda | auto: XGBoost on the GPU (LightGBM's PyPI wheel is CPU-only)",
     )
+    t.add_argument(
+        "--threads",
+        type=int,
+        help="threads per booster (default: all cores); several workers on one machine: cores / workers",
+    )
     t.add_argument("--max-rounds", type=int, default=2000)
     t.add_argument("--early-stopping", type=int, default=100)
     t.add_argument(
@@ -133,7 +138,7 @@ def _train(args: argparse.Namespace) -> int:
         early_stopping=args.early_stopping, n_bootstrap=args.bootstrap, report=not args.no_report,
         extra_data=tuple(args.extra_data), heartbeat_grace=args.heartbeat_grace,
         save_model=args.save_model, no_cache=args.no_cache, device=args.device,
-        experts=_expert_slugs(args.experts), expert_transform=args.expert_transform,
+        experts=_expert_slugs(args.experts), expert_transform=args.expert_transform, threads=args.threads,
     )  # fmt: skip
     result = run_training(config)
     print(format_run_summary(result.metrics, result.out_dir))

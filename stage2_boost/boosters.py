@@ -29,9 +29,12 @@ class BoosterAdapter(ABC):
 
     def __init__(
         self, seed: int = 0, max_rounds: int = 2000, early_stopping: int = 100,
-        n_rows: int = 30_000, device: str = "cpu",
+        n_rows: int = 30_000, device: str = "cpu", threads: int | None = None,
     ) -> None:  # fmt: skip
         self.seed, self.max_rounds, self.early_stopping = seed, max_rounds, early_stopping
+        # Several tuning workers on one machine must share its cores: OpenMP threads beyond the
+        # cores spin against each other (2 workers x 2 threads on 2 cores ran 30x slower).
+        self.threads = threads or N_THREADS
         self.device = self.supported_device(device)
         # Leaf-size bounds scale with the data: 200-row leaves cannot exist in a 300-row demo.
         self.max_leaf_rows = int(np.clip(n_rows // 10, 5, 200))
@@ -128,7 +131,7 @@ class LightGBMAdapter(BoosterAdapter):
         import lightgbm as lgb
 
         train, stop = prepared
-        full = {"objective": "binary", "metric": "auc", "verbosity": -1, "num_threads": N_THREADS,
+        full = {"objective": "binary", "metric": "auc", "verbosity": -1, "num_threads": self.threads,
                 "seed": self.seed, "bagging_freq": 1, "deterministic": True, "force_row_wise": True,
                 **self._dataset_params, **params}  # fmt: skip
         if n_rounds is not None:
@@ -205,7 +208,7 @@ class XGBoostAdapter(BoosterAdapter):
 
         train, stop = prepared
         full = {"objective": "binary:logistic", "eval_metric": "auc", "tree_method": "hist",
-                "max_bin": self._max_bin, "nthread": N_THREADS, "seed": self.seed,
+                "max_bin": self._max_bin, "nthread": self.threads, "seed": self.seed,
                 "device": self.device, **params}  # fmt: skip
         if n_rounds is not None:
             return Fitted(xgb.train(full, train, num_boost_round=n_rounds), n_rounds)
@@ -218,7 +221,7 @@ class XGBoostAdapter(BoosterAdapter):
     def predict(self, fitted: Fitted, X: pd.DataFrame) -> np.ndarray:
         import xgboost as xgb
 
-        matrix = xgb.DMatrix(X, enable_categorical=True, nthread=N_THREADS)
+        matrix = xgb.DMatrix(X, enable_categorical=True, nthread=self.threads)
         return np.asarray(
             fitted.model.predict(matrix, iteration_range=(0, fitted.best_iteration)), np.float64
         )
@@ -237,13 +240,13 @@ class XGBoostAdapter(BoosterAdapter):
         import xgboost as xgb
 
         booster = xgb.Booster(model_file=str(path))
-        booster.set_param({"nthread": N_THREADS})
+        booster.set_param({"nthread": self.threads})
         return Fitted(booster, booster.num_boosted_rounds())
 
     def contributions(self, fitted: Fitted, X: pd.DataFrame) -> np.ndarray:
         import xgboost as xgb
 
-        matrix = xgb.DMatrix(X, enable_categorical=True, nthread=N_THREADS)
+        matrix = xgb.DMatrix(X, enable_categorical=True, nthread=self.threads)
         return np.asarray(
             fitted.model.predict(
                 matrix, iteration_range=(0, fitted.best_iteration), pred_contribs=True

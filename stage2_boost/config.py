@@ -31,6 +31,9 @@ class Stage2Config:
     report: bool = True
     experts: tuple[str, ...] = ()  # slugs of FEATURES/experts/<slug>.parquet to stack
     expert_transform: str = "logit"  # logit | rank
+    threads: int | None = (
+        None  # booster threads (default: all cores); workers sharing a machine: cores / workers
+    )
     device: str = "cpu"  # cpu | cuda | auto: where XGBoost trains (LightGBM: CPU; boosters.py)
     no_cache: bool = False  # rebuild the fold features instead of reusing OUT/fold_cache
     extra_data: tuple[Path, ...] = ()  # --extra-data: dataset folders or stage 1 output folders

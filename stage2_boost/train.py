@@ -286,7 +286,7 @@ def _tune_and_evaluate(
     feature_set: dict[str, Any],
 ) -> ModelResult:
     device = resolve_device(config.device)
-    adapter = create_booster(name, seed=config.seed, max_rounds=config.max_rounds, device=device,
+    adapter = create_booster(name, seed=config.seed, max_rounds=config.max_rounds, device=device, threads=config.threads,
                              early_stopping=config.early_stopping, n_rows=len(tuning[0].fit_rows))  # fmt: skip
     full_name = study_name(data.dataset, name, _feature_key(feature_set))
     study = open_study(storage, full_name, config.seed, exclusive=config.storage is None)
@@ -422,7 +422,7 @@ def _auc_without_acquisition(
     preds = []
     for model in models:
         device = resolve_device(config.device)
-        adapter = create_booster(model.name, seed=config.seed, max_rounds=config.max_rounds, device=device,
+        adapter = create_booster(model.name, seed=config.seed, max_rounds=config.max_rounds, device=device, threads=config.threads,
                                  early_stopping=config.early_stopping, n_rows=len(folds[0].fit_rows))  # fmt: skip
         preds.append(cross_validate(adapter, folds, model.params, n_rounds=model.n_rounds).oof)
     target = data.target[oof_rows(folds)]
