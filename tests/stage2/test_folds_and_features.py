@@ -91,8 +91,9 @@ def test_leakage_validation_labels_and_images_do_not_reach_training_features(dat
 
 def test_every_group_on_tiny_data(data) -> None:
     rows = data.split_index("train")
+    data.experts["ex"] = np.random.default_rng(0).uniform(0.01, 0.99, len(data.frame))
     for name in GROUPS:
-        groups = create_feature_groups([name], ["bb"], "pca", 4, 0)
+        groups = create_feature_groups([name], ["bb"], "pca", 4, 0, experts=["ex"])
         for g in groups:
             g.fit(data, rows)
         frame = pd.concat([g.transform(data, rows) for g in groups], axis=1)
