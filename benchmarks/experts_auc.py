@@ -74,6 +74,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/melanoma-extra"))
     parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument(
+        "--datasets", default="ham,isic", help="which rows to run: ham, isic or both"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     isic = isic_jpeg_layout(args.work / "isic")
@@ -91,6 +94,8 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- |")
     for label, folder, data, extra, name in (("HAM10000 half", ham_features, HAM, (), "ham"),
                                              ("ISIC 2020 JPEGs + HAM half as extra", features, isic, (HAM,), "isic")):  # fmt: skip
+        if name not in args.datasets.split(","):
+            continue
         alone, seconds = expert_alone(folder, data, extra)
         without = stack(
             folder,
