@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from ..atomic import atomic_path
 from ..backbones import create_backbone, parse_backbone_spec
 from ..errors import WeightsError
-from ..schema import METADATA_KEY, USABLE_STATUSES, read_manifest
+from ..schema import METADATA_KEY, read_manifest
 from ..sources import create_source
 from ..weights import file_sha256
 from .fold import Classifier, predict
@@ -43,9 +43,7 @@ def score_model_experts(
     if not experts:
         return []
     manifest, _ = read_manifest(out_dir)
-    usable = manifest[
-        manifest["read_status"].isin(USABLE_STATUSES) & (manifest["read_status"] == "ok")
-    ]
+    usable = manifest[manifest["read_status"] == "ok"]  # images that were read
     source = create_source(data_dir, images_dir, image_format)
     refs = source.index({s: set(g["image_name"]) for s, g in usable.groupby("split")})
     keys = [
