@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,6 +39,9 @@ class FoldMatrices:
         default_factory=dict
     )  # (adapter, whole) -> native data
     groups: list[FeatureGroup] = field(default_factory=list)  # fitted on this fold's training part
+    cache_entry: Path | None = (
+        None  # the fold-cache folder these matrices were read from/written to
+    )
 
     def native(self, adapter: BoosterAdapter, whole: bool = False) -> Any:
         """The adapter's data for this fold, built on first use and kept: fit + early-stopping

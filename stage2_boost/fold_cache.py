@@ -80,13 +80,20 @@ def cached_prepare_folds(
         try:
             loaded = _read(entry, make_groups, data.target)
             logger.info("fold features reused from %s", entry)
-            return loaded
+            return _tag(loaded, entry)
         except (OSError, ValueError, KeyError, ModelError) as err:
             logger.warning("fold cache entry %s is unreadable (%s); rebuilding it", entry, err)
             shutil.rmtree(entry, ignore_errors=True)
     matrices = prepare_folds(data, train_rows, folds, make_groups, seed, test_rows, extra_rows)
     _write(entry, matrices)
     _prune(cache_root)
+    return _tag(matrices, entry) if (entry / "entry.json").is_file() else matrices
+
+
+def _tag(matrices: list[FoldMatrices], entry: Path) -> list[FoldMatrices]:
+    """Remember the entry, so results computed from these matrices can be cached beside them."""
+    for fold in matrices:
+        fold.cache_entry = entry
     return matrices
 
 

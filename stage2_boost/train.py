@@ -32,6 +32,7 @@ from .model.calibration import (
 )
 from .model.save import MODEL_DIR, ModelContent, save_model
 from .outputs import RUNS_FILE, append_run, write_metrics, write_parquet, write_submission
+from .refit_cache import cached_refit
 from .tune import (
     best_choice,
     make_objective,
@@ -296,7 +297,7 @@ def _tune_and_evaluate(
         choice.best_iterations or cross_validate(adapter, tuning, choice.params).best_iterations
     )
     n_rounds = max(1, round(float(np.median(iterations))))
-    result = cross_validate(adapter, evaluation, choice.params, n_rounds=n_rounds, keep_models=True)
+    result = cached_refit(adapter, evaluation, choice.params, n_rounds)
     return ModelResult(
         name,
         study.study_name,

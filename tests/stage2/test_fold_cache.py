@@ -7,11 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
+from stage2_boost.boosters import create_booster
+from stage2_boost.cv import cross_validate
 from stage2_boost.data import StageData, load_stage_data
 from stage2_boost.features import create_feature_groups
 from stage2_boost.fold_cache import cached_prepare_folds, fold_cache_key
 from stage2_boost.folds import make_folds
+from stage2_boost.refit_cache import REFITS, cached_refit, refit_key
 
 PARTS = {"groups": ["metadata", "embedding", "probe"], "backbones": ["bb"], "reduction": "pca",
          "n_components": 4, "seed": 0, "test": True}  # fmt: skip
@@ -83,3 +87,35 @@ def _with(data: StageData, target_flip: bool = False, settings: str | None = Non
     embedding = {s: {**p, **({"settings_hash": settings} if settings else {})}
                  for s, p in data.embedding_provenance.items()}  # fmt: skip
     return replace(data, frame=frame, provenance=provenance, embedding_provenance=embedding)
+
+
+@pytest.mark.parametrize("model", ["lgbm", "xgb"])
+def test_refit_cache_reuses_only_the_same_refit(features: Path, tmp_path: Path, model: str) -> None:
+    data = load_stage_data(features, None)
+    train, test = data.split_index("train"), data.split_index("test")
+    folds = make_folds(data.frame.iloc[train], 3, 0)
+    matrices = cached_prepare_folds(tmp_path, PARTS, data, train, folds, groups, 0, test)
+    adapter = create_booster(model, seed=0, n_rows=len(train))
+    params = adapter.default_params()
+    fresh = cross_validate(adapter, matrices, params, n_rounds=7, keep_models=True)
+    first = cached_refit(adapter, matrices, params, 7)
+    refits = matrices[0].cache_entry / REFITS
+    assert len(list(refits.iterdir())) == 1
+    again = cached_refit(adapter, matrices, params, 7)
+    for result in (first, again):
+        np.testing.assert_array_equal(result.oof, fresh.oof)
+        np.testing.assert_array_equal(result.test_pred, fresh.test_pred)
+        assert result.fold_aucs == fresh.fold_aucs and result.importance == fresh.importance
+    # the read-back fold models predict as the fitted ones did
+    np.testing.assert_allclose(
+        adapter.predict(again.models[1], matrices[1].X_valid),
+        adapter.predict(fresh.models[1], matrices[1].X_valid), rtol=0, atol=1e-7,
+    )  # fmt: skip
+    cached_refit(adapter, matrices, params, 8)  # other rounds
+    cached_refit(adapter, matrices, {**params, next(iter(params)): 0.123}, 7)  # other parameters
+    cached_refit(create_booster(model, seed=1, n_rows=len(train)), matrices, params, 7)  # seed
+    assert len(list(refits.iterdir())) == 4
+    damaged = refits / refit_key(adapter, params, 7)[:32] / "predictions.npz"
+    damaged.write_bytes(b"garbage")
+    for _ in range(2):  # a damaged entry is recomputed, then reused
+        np.testing.assert_array_equal(cached_refit(adapter, matrices, params, 7).oof, fresh.oof)
