@@ -79,7 +79,7 @@ def _write(folder: Path, adapter: BoosterAdapter, result: CVResult) -> None:
     staging = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
     staging.mkdir(parents=True)
     try:
-        arrays = {"oof": result.oof}
+        arrays: dict[str, Any] = {"oof": result.oof}
         if result.test_pred is not None:
             arrays["test_pred"] = result.test_pred
         np.savez(staging / "predictions.npz", **arrays)
