@@ -50,7 +50,7 @@ def _reliability_plot(oof: pd.DataFrame, metrics: dict[str, Any]) -> plt.Figure:
     """Observed malignant rate against the predicted probability in equal-count bins (with 2%
     positives, fixed-width bins would put nearly every image in the first one)."""
     target = oof["target"].to_numpy(dtype=float)
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    fig, ax = plt.subplots(figsize=(5.5, 5), layout="constrained")
     for column, label in (
         ("blend", "uncalibrated blend"),
         ("probability", "calibrated (cross-fitted)"),
@@ -68,7 +68,7 @@ def _reliability_plot(oof: pd.DataFrame, metrics: dict[str, Any]) -> plt.Figure:
 
 def _save(path: Path, figure: plt.Figure) -> None:
     with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        figure.savefig(tmp, format="png", dpi=110)
     plt.close(figure)
 
 
@@ -79,7 +79,7 @@ def _ci(metrics: dict[str, Any], model: str) -> tuple[float, float, float]:
 
 
 def _roc_plot(oof: pd.DataFrame, models: list[str], metrics: dict[str, Any]) -> plt.Figure:
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    fig, ax = plt.subplots(figsize=(5.5, 5), layout="constrained")
     for model in models:
         fpr, tpr, _ = roc_curve(oof["target"], oof[model])
         value, low, high = _ci(metrics, model)
@@ -97,7 +97,7 @@ def _roc_plot(oof: pd.DataFrame, models: list[str], metrics: dict[str, Any]) -> 
 
 
 def _fold_plot(metrics: dict[str, Any]) -> plt.Figure:
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = plt.subplots(figsize=(6, 3.5), layout="constrained")
     names = [*metrics["models"], "blend"]
     width = 0.8 / len(names)
     for i, name in enumerate(names):
@@ -115,7 +115,7 @@ def _fold_plot(metrics: dict[str, Any]) -> plt.Figure:
 
 def _importance_plot(importance: pd.DataFrame, top: int = 25) -> plt.Figure:
     if importance.empty:
-        fig, ax = plt.subplots(figsize=(6, 2))
+        fig, ax = plt.subplots(figsize=(6, 2), layout="constrained")
         ax.text(0.5, 0.5, "no feature importances (no model split on any feature)", ha="center")
         return fig
     shares = importance.assign(
@@ -123,7 +123,7 @@ def _importance_plot(importance: pd.DataFrame, top: int = 25) -> plt.Figure:
     )
     mean = shares.groupby("feature")["share"].mean().sort_values().tail(top)
     colours = [GROUP_COLOURS[feature_group_of(f)] for f in mean.index]
-    fig, ax = plt.subplots(figsize=(6.5, 0.25 * len(mean) + 1.2))
+    fig, ax = plt.subplots(figsize=(6.5, 0.25 * len(mean) + 1.2), layout="constrained")
     ax.barh(mean.index, mean.to_numpy(), color=colours)
     handles = [Patch(color=colour, label=group) for group, colour in GROUP_COLOURS.items()]
     ax.set(
@@ -144,8 +144,9 @@ def _subgroup_table(oof: pd.DataFrame, data: StageData) -> pd.DataFrame:
         .to_numpy()
     )
     rows = []
-    for kind, labels in (("site", site), ("age band", band)):
-        for label in sorted(set(labels)):
+    ages = [label for label in [*AGE_LABELS, "(missing)"] if label in set(band)]
+    for kind, labels, order in (("site", site, sorted(set(site))), ("age band", band, ages)):
+        for label in order:
             mask = labels == label
             target, score = oof["target"].to_numpy()[mask], oof["blend"].to_numpy()[mask]
             ok = mask.sum() >= MIN_GROUP and 0 < target.sum() < mask.sum()
@@ -155,7 +156,7 @@ def _subgroup_table(oof: pd.DataFrame, data: StageData) -> pd.DataFrame:
 
 
 def _subgroup_plot(table: pd.DataFrame) -> plt.Figure:
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
     for ax, kind in zip(axes, ("site", "age band"), strict=True):
         part = table[table["kind"] == kind]
         ax.bar(
@@ -174,7 +175,6 @@ def _subgroup_plot(table: pd.DataFrame) -> plt.Figure:
         ax.set(title=f"Blend AUC by {kind} (grey: too few to score)", ylim=(0, 1.1), ylabel="AUC")
         ax.tick_params(axis="x", rotation=35, labelsize=8)
         ax.axhline(0.5, c="grey", ls=":")
-    fig.tight_layout()
     return fig
 
 
