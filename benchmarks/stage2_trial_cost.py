@@ -72,7 +72,7 @@ def measure(name: str, data, groups: list[str], n_trials: int) -> None:
     started = time.perf_counter()
     for trial in study.trials:  # the same fits, no Optuna, no CV wrapper
         for fold in prepared:
-            fit, stop = fold.prepared[("lgbm", False)]
+            fit, stop, _ = fold.prepared[("lgbm", False, adapter.search_bins)]
             full = {"objective": "binary", "metric": "auc", "verbosity": -1, "seed": 0, "bagging_freq": 1,
                     "deterministic": True, "force_row_wise": True, "max_bin": 255, "feature_pre_filter": False,
                     "num_threads": 0, **trial.params}  # fmt: skip

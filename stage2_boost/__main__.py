@@ -9,6 +9,7 @@ from pathlib import Path
 from stage1_embed.cli_common import run_cli, setup_logging
 
 from .boosters import BOOSTERS
+from .config import PRUNE_ROUNDS, SEARCH_BINS
 from .features import GROUPS
 
 
@@ -50,6 +51,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads",
         type=int,
         help="threads per booster (default: all cores); several workers on one machine: cores / workers",
+    )
+    t.add_argument(
+        "--search-bins",
+        type=int,
+        default=SEARCH_BINS,
+        help=f"histogram bins of the tuning fits (default {SEARCH_BINS}; 0: the libraries' full "
+        "255/256); the reported refits always use full resolution",
+    )
+    t.add_argument(
+        "--prune-rounds",
+        action=argparse.BooleanOptionalAction,
+        default=PRUNE_ROUNDS,
+        help="prune a trial on its first fold's early-stopping AUC every few rounds, not only "
+        "after whole folds",
     )
     t.add_argument("--max-rounds", type=int, default=2000)
     t.add_argument("--early-stopping", type=int, default=100)
@@ -139,6 +154,7 @@ def _train(args: argparse.Namespace) -> int:
         extra_data=tuple(args.extra_data), heartbeat_grace=args.heartbeat_grace,
         save_model=args.save_model, no_cache=args.no_cache, device=args.device,
         experts=_expert_slugs(args.experts), expert_transform=args.expert_transform, threads=args.threads,
+        search_bins=args.search_bins or None, prune_rounds=args.prune_rounds,
     )  # fmt: skip
     result = run_training(config)
     print(format_run_summary(result.metrics, result.out_dir))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -14,6 +15,8 @@ import pandas as pd
 from .errors import ConfigError
 
 N_THREADS = os.cpu_count() or 1
+REPORT_EVERY = 10  # rounds between two reports of the early-stopping AUC to ``on_round``
+RoundCallback = Callable[[int, float], None]  # (rounds done, AUC on the early-stopping part)
 
 
 @dataclass
@@ -30,8 +33,12 @@ class BoosterAdapter(ABC):
     def __init__(
         self, seed: int = 0, max_rounds: int = 2000, early_stopping: int = 100,
         n_rows: int = 30_000, device: str = "cpu", threads: int | None = None,
+        search_bins: int | None = None,
     ) -> None:  # fmt: skip
         self.seed, self.max_rounds, self.early_stopping = seed, max_rounds, early_stopping
+        # Histogram bins of the early-stopped fits that tuning runs (None: the library's full
+        # resolution, which the reported refits always use).
+        self.search_bins = search_bins or self.full_bins
         # Several tuning workers on one machine must share its cores: OpenMP threads beyond the
         # cores spin against each other (2 workers x 2 threads on 2 cores ran 30x slower).
         self.threads = threads or N_THREADS
@@ -51,17 +58,24 @@ class BoosterAdapter(ABC):
     def default_params(self) -> dict[str, Any]:
         """Sensible untuned parameters (used when a study has no finished trial)."""
 
+    full_bins: ClassVar[int]  # the library's default histogram resolution
+
     @abstractmethod
     def prepare(
         self, X_fit: pd.DataFrame, y_fit: np.ndarray, X_stop: pd.DataFrame | None = None,
-        y_stop: np.ndarray | None = None,
+        y_stop: np.ndarray | None = None, max_bin: int | None = None,
     ) -> Any:  # fmt: skip
-        """Library-native training data (and early-stopping data, if given), built once."""
+        """Library-native training data (and early-stopping data, if given), built once, with
+        ``max_bin`` histogram bins (default ``full_bins``)."""
 
     @abstractmethod
-    def fit(self, prepared: Any, params: dict[str, Any], n_rounds: int | None = None) -> Fitted:
+    def fit(
+        self, prepared: Any, params: dict[str, Any], n_rounds: int | None = None,
+        on_round: RoundCallback | None = None,
+    ) -> Fitted:  # fmt: skip
         """Without ``n_rounds``: up to ``max_rounds``, stopping early on the stop part (never the
-        reported fold). With it: exactly that many rounds, no early stopping."""
+        reported fold); ``on_round`` gets the stop part's AUC every ``REPORT_EVERY`` rounds and
+        may raise to end the fit (pruning). With ``n_rounds``: exactly that many rounds."""
 
     @abstractmethod
     def predict(self, fitted: Fitted, X: pd.DataFrame) -> np.ndarray:
@@ -88,11 +102,8 @@ class BoosterAdapter(ABC):
 
 class LightGBMAdapter(BoosterAdapter):
     name = "lgbm"
-    _dataset_params: ClassVar[dict[str, Any]] = {
-        "max_bin": 255,
-        "feature_pre_filter": False,
-        "verbose": -1,
-    }
+    full_bins = 255
+    _dataset_params: ClassVar[dict[str, Any]] = {"feature_pre_filter": False, "verbose": -1}
 
     def suggest_params(self, trial: Any) -> dict[str, Any]:
         return {
@@ -113,33 +124,39 @@ class LightGBMAdapter(BoosterAdapter):
 
     def prepare(
         self, X_fit: pd.DataFrame, y_fit: np.ndarray, X_stop: pd.DataFrame | None = None,
-        y_stop: np.ndarray | None = None,
+        y_stop: np.ndarray | None = None, max_bin: int | None = None,
     ) -> Any:  # fmt: skip
         import lightgbm as lgb
 
-        train = lgb.Dataset(
-            X_fit, y_fit, params=self._dataset_params, free_raw_data=False
-        ).construct()
+        dataset_params = {**self._dataset_params, "max_bin": max_bin or self.full_bins}
+        train = lgb.Dataset(X_fit, y_fit, params=dataset_params, free_raw_data=False).construct()
         if X_stop is None:
-            return train, None
+            return train, None, dataset_params
         stop = lgb.Dataset(
-            X_stop, y_stop, reference=train, params=self._dataset_params, free_raw_data=False
+            X_stop, y_stop, reference=train, params=dataset_params, free_raw_data=False
         )
-        return train, stop.construct()
+        return train, stop.construct(), dataset_params
 
-    def fit(self, prepared: Any, params: dict[str, Any], n_rounds: int | None = None) -> Fitted:
+    def fit(
+        self, prepared: Any, params: dict[str, Any], n_rounds: int | None = None,
+        on_round: RoundCallback | None = None,
+    ) -> Fitted:  # fmt: skip
         import lightgbm as lgb
 
-        train, stop = prepared
+        train, stop, dataset_params = prepared
         full = {"objective": "binary", "metric": "auc", "verbosity": -1, "num_threads": self.threads,
                 "seed": self.seed, "bagging_freq": 1, "deterministic": True, "force_row_wise": True,
-                **self._dataset_params, **params}  # fmt: skip
+                **dataset_params, **params}  # fmt: skip
         if n_rounds is not None:
             return Fitted(lgb.train(full, train, num_boost_round=n_rounds), n_rounds)
+        callbacks: list[Callable[..., Any]] = [
+            lgb.early_stopping(self.early_stopping, verbose=False)
+        ]
+        if on_round is not None:
+            callbacks.append(_lightgbm_reporter(on_round))
         booster = lgb.train(
-            full, train, num_boost_round=self.max_rounds, valid_sets=[stop],
-            callbacks=[lgb.early_stopping(self.early_stopping, verbose=False)],
-        )  # fmt: skip
+            full, train, num_boost_round=self.max_rounds, valid_sets=[stop], callbacks=callbacks
+        )
         return Fitted(booster, int(booster.best_iteration or booster.current_iteration()))
 
     def predict(self, fitted: Fitted, X: pd.DataFrame) -> np.ndarray:
@@ -170,7 +187,7 @@ class LightGBMAdapter(BoosterAdapter):
 
 class XGBoostAdapter(BoosterAdapter):
     name = "xgb"
-    _max_bin = 256
+    full_bins = 256
 
     def supported_device(self, device: str) -> str:
         return device if device.startswith("cuda") and xgboost_has_cuda() else "cpu"
@@ -194,27 +211,33 @@ class XGBoostAdapter(BoosterAdapter):
 
     def prepare(
         self, X_fit: pd.DataFrame, y_fit: np.ndarray, X_stop: pd.DataFrame | None = None,
-        y_stop: np.ndarray | None = None,
+        y_stop: np.ndarray | None = None, max_bin: int | None = None,
     ) -> Any:  # fmt: skip
         import xgboost as xgb
 
-        train = xgb.QuantileDMatrix(X_fit, y_fit, enable_categorical=True, max_bin=self._max_bin)
+        bins = max_bin or self.full_bins
+        train = xgb.QuantileDMatrix(X_fit, y_fit, enable_categorical=True, max_bin=bins)
         if X_stop is None:
-            return train, None
-        return train, xgb.QuantileDMatrix(X_stop, y_stop, enable_categorical=True, ref=train)
+            return train, None, bins
+        stop = xgb.QuantileDMatrix(X_stop, y_stop, enable_categorical=True, ref=train, max_bin=bins)
+        return train, stop, bins
 
-    def fit(self, prepared: Any, params: dict[str, Any], n_rounds: int | None = None) -> Fitted:
+    def fit(
+        self, prepared: Any, params: dict[str, Any], n_rounds: int | None = None,
+        on_round: RoundCallback | None = None,
+    ) -> Fitted:  # fmt: skip
         import xgboost as xgb
 
-        train, stop = prepared
+        train, stop, bins = prepared
         full = {"objective": "binary:logistic", "eval_metric": "auc", "tree_method": "hist",
-                "max_bin": self._max_bin, "nthread": self.threads, "seed": self.seed,
+                "max_bin": bins, "nthread": self.threads, "seed": self.seed,
                 "device": self.device, **params}  # fmt: skip
         if n_rounds is not None:
             return Fitted(xgb.train(full, train, num_boost_round=n_rounds), n_rounds)
         booster = xgb.train(
             full, train, num_boost_round=self.max_rounds, evals=[(stop, "stop")],
             early_stopping_rounds=self.early_stopping, verbose_eval=False,
+            callbacks=[_xgboost_reporter(on_round)] if on_round is not None else None,
         )  # fmt: skip
         return Fitted(booster, int(booster.best_iteration) + 1)
 
@@ -252,6 +275,32 @@ class XGBoostAdapter(BoosterAdapter):
                 matrix, iteration_range=(0, fitted.best_iteration), pred_contribs=True
             )
         )
+
+
+def _lightgbm_reporter(on_round: RoundCallback) -> Callable[[Any], None]:
+    """A LightGBM callback passing the early-stopping part's AUC to ``on_round``."""
+
+    def report(env: Any) -> None:
+        done = env.iteration + 1
+        if done % REPORT_EVERY == 0:
+            on_round(done, next(r[2] for r in env.evaluation_result_list if r[1] == "auc"))
+
+    report.order = 40  # type: ignore[attr-defined]  # after early stopping's bookkeeping (30)
+    return report
+
+
+def _xgboost_reporter(on_round: RoundCallback) -> Any:
+    """An XGBoost callback passing the early-stopping part's AUC to ``on_round``."""
+    import xgboost as xgb
+
+    class Reporter(xgb.callback.TrainingCallback):
+        def after_iteration(self, model: Any, epoch: int, evals_log: dict) -> bool:
+            done = epoch + 1
+            if done % REPORT_EVERY == 0:
+                on_round(done, float(evals_log["stop"]["auc"][-1]))
+            return False
+
+    return Reporter()
 
 
 def xgboost_has_cuda() -> bool:

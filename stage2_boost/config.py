@@ -10,6 +10,9 @@ from .boosters import BOOSTERS
 from .errors import ConfigError
 from .features import GROUPS
 
+SEARCH_BINS = 63
+PRUNE_ROUNDS = True
+
 
 @dataclass(frozen=True)
 class Stage2Config:
@@ -39,6 +42,11 @@ class Stage2Config:
     extra_data: tuple[Path, ...] = ()  # --extra-data: dataset folders or stage 1 output folders
     save_model: Path | None = None  # a copy of the model folder kept outside OUT/stage2/model
     heartbeat_grace: int = 30  # seconds before a killed worker's RUNNING trial is marked FAIL
+    # Cheaper trials (multi-fidelity search): histogram bins of the tuning fits (None: the
+    # libraries' full 255/256; the reported refits always use those) and pruning a trial on its
+    # first fold's early-stopping curve, not only after whole folds.
+    search_bins: int | None = SEARCH_BINS
+    prune_rounds: bool = PRUNE_ROUNDS
 
     def __post_init__(self) -> None:
         if self.reduction not in ("pca", "raw"):
@@ -54,6 +62,8 @@ class Stage2Config:
                 )
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise ConfigError(f"--device {self.device!r}: use auto, cpu or cuda.")
+        if self.search_bins is not None and not 2 <= self.search_bins <= 1024:
+            raise ConfigError(f"--search-bins {self.search_bins}: use 2 to 1024 (or 0: full).")
         if self.heartbeat_grace < 3:
             raise ConfigError("--heartbeat-grace must be at least 3 seconds.")
         if self.n_folds < 2:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,9 +36,9 @@ class FoldMatrices:
     y_fit: np.ndarray
     y_stop: np.ndarray
     y_valid: np.ndarray
-    prepared: dict[tuple[str, bool], Any] = field(
+    prepared: dict[tuple[str, bool, int], Any] = field(
         default_factory=dict
-    )  # (adapter, whole) -> native data
+    )  # (adapter, whole, bins) -> native data
     groups: list[FeatureGroup] = field(default_factory=list)  # fitted on this fold's training part
     cache_entry: Path | None = (
         None  # the fold-cache folder these matrices were read from/written to
@@ -45,15 +46,17 @@ class FoldMatrices:
 
     def native(self, adapter: BoosterAdapter, whole: bool = False) -> Any:
         """The adapter's data for this fold, built on first use and kept: fit + early-stopping
-        parts, or (``whole``) the fold's entire training part for fixed-round refits."""
-        key = (adapter.name, whole)
+        parts at the adapter's search resolution (tuning), or (``whole``) the fold's entire
+        training part at full resolution for the fixed-round refits that are reported."""
+        bins = adapter.full_bins if whole else adapter.search_bins
+        key = (adapter.name, whole, bins)
         if key not in self.prepared:
             if whole:
                 X = pd.concat([self.X_fit, self.X_stop], ignore_index=True)
                 self.prepared[key] = adapter.prepare(X, np.concatenate([self.y_fit, self.y_stop]))
             else:
                 self.prepared[key] = adapter.prepare(
-                    self.X_fit, self.y_fit, self.X_stop, self.y_stop
+                    self.X_fit, self.y_fit, self.X_stop, self.y_stop, max_bin=bins
                 )
         return self.prepared[key]
 
@@ -119,8 +122,10 @@ def cross_validate(
     on_fold: Callable[[int, float], None] | None = None,
     n_rounds: int | None = None,
     keep_models: bool = False,
+    on_round: Callable[[int, int, float], None] | None = None,
 ) -> CVResult:
-    """Fit one model per fold; ``on_fold(fold, running mean AUC)`` may stop early (pruning).
+    """Fit one model per fold; ``on_fold(fold, running mean AUC)`` may stop early (pruning), as
+    may ``on_round(fold, rounds done, early-stopping AUC)`` inside an early-stopped fit.
 
     Without ``n_rounds`` each fold early-stops on its inner split (tuning). With it, every fold
     trains that many rounds on its whole training part, so the folds' models are alike and their
@@ -131,7 +136,10 @@ def cross_validate(
     gains: dict[str, float] = {}
     offsets = np.cumsum([0] + [len(f.valid_rows) for f in folds])
     for fold, start in zip(folds, offsets[:-1], strict=True):
-        fitted = adapter.fit(fold.native(adapter, whole=n_rounds is not None), params, n_rounds)
+        report = None if on_round is None else functools.partial(on_round, fold.fold)
+        fitted = adapter.fit(
+            fold.native(adapter, whole=n_rounds is not None), params, n_rounds, report
+        )
         pred = adapter.predict(fitted, fold.X_valid)
         oof[start : start + len(pred)] = pred
         aucs.append(float(roc_auc_score(fold.y_valid, pred)))

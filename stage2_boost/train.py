@@ -288,10 +288,13 @@ def _tune_and_evaluate(
 ) -> ModelResult:
     device = resolve_device(config.device)
     adapter = create_booster(name, seed=config.seed, max_rounds=config.max_rounds, device=device, threads=config.threads,
-                             early_stopping=config.early_stopping, n_rows=len(tuning[0].fit_rows))  # fmt: skip
+                             early_stopping=config.early_stopping, n_rows=len(tuning[0].fit_rows),
+                             search_bins=config.search_bins)  # fmt: skip
     full_name = study_name(data.dataset, name, _feature_key(feature_set))
-    study = open_study(storage, full_name, config.seed, exclusive=config.storage is None)
-    run_study(study, make_objective(adapter, tuning, feature_set), config.n_trials, config.timeout)
+    study = open_study(storage, full_name, config.seed, exclusive=config.storage is None,
+                       prune_rounds=config.prune_rounds)  # fmt: skip
+    objective = make_objective(adapter, tuning, feature_set, config.prune_rounds)
+    run_study(study, objective, config.n_trials, config.timeout)
     choice = best_choice(study, adapter)
     iterations = (
         choice.best_iterations or cross_validate(adapter, tuning, choice.params).best_iterations

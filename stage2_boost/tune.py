@@ -19,6 +19,11 @@ from .errors import ConfigError
 
 logger = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 10
+# Pruning steps. Fold-level: the running mean AUC after each fold. With round-level pruning, the
+# first fold also reports its early-stopping AUC every few boosting rounds at step = rounds done,
+# so the fold steps move past any round count (one step axis, no collisions).
+FOLD_STEP = 1_000_000
+ROUND_WARMUP = 50  # rounds before a trial can be pruned on its first fold's curve
 GRACE_SECONDS = 30  # a RUNNING trial whose process died is marked FAIL after this
 
 
@@ -108,8 +113,9 @@ def study_name(dataset: str, model: str, feature_key: str) -> str:
 
 
 def open_study(
-    storage: optuna.storages.BaseStorage, name: str, seed: int, exclusive: bool = False
-) -> optuna.Study:
+    storage: optuna.storages.BaseStorage, name: str, seed: int, exclusive: bool = False,
+    prune_rounds: bool = False,
+) -> optuna.Study:  # fmt: skip
     """Create or resume ``name``; the sampler seed moves on with the trial count.
 
     ``exclusive`` says no other process can be using the storage (the default SQLite file under a
@@ -117,6 +123,10 @@ def open_study(
     rather than after the heartbeat grace period. On a database server several workers may share
     the study: each then seeds its sampler with its process id too, so that workers starting at
     the same moment do not propose the same parameters.
+
+    The pruner is Optuna's median rule: after five finished trials, a trial whose best running
+    value is below the median of the others' at the same step stops (the first fold, or with
+    ``prune_rounds`` its first ``ROUND_WARMUP`` rounds, are never judged).
     """
     url = str(getattr(storage, "url", ""))
     shared = not url.startswith("sqlite")
@@ -130,7 +140,8 @@ def open_study(
             n_done = 0
         worker = os.getpid() if shared else 0
         sampler = optuna.samplers.TPESampler(seed=seed + n_done + worker, multivariate=True)
-        pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+        warmup = ROUND_WARMUP if prune_rounds else 1
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=warmup)
         study = optuna.create_study(
             study_name=name, storage=storage, sampler=sampler, pruner=pruner,
             direction="maximize", load_if_exists=True,
@@ -156,20 +167,37 @@ def fail_interrupted_trials(study: optuna.Study) -> int:
 
 
 def make_objective(
-    adapter: BoosterAdapter, folds: Sequence[FoldMatrices], feature_set: dict[str, Any]
-) -> Any:
-    """Mean fold AUC of the trial's parameters; per-fold AUCs feed the pruner."""
+    adapter: BoosterAdapter, folds: Sequence[FoldMatrices], feature_set: dict[str, Any],
+    prune_rounds: bool = False,
+) -> Any:  # fmt: skip
+    """Mean fold AUC of the trial's parameters; per-fold AUCs feed the pruner, and with
+    ``prune_rounds`` so does the first fold's early-stopping AUC every few rounds (the cheap,
+    low-fidelity look at a trial: a poor one stops a fraction of the way into its first fold)."""
+    first = folds[0].fold
+    fold_step = FOLD_STEP if prune_rounds else 0
 
     def objective(trial: optuna.Trial) -> float:
         params = adapter.suggest_params(trial)
         trial.set_user_attr("feature_set", feature_set)
 
         def report(fold: int, running_auc: float) -> None:
-            trial.report(running_auc, fold)
+            trial.report(running_auc, fold_step + fold)
             if trial.should_prune():
-                raise optuna.TrialPruned(f"running AUC {running_auc:.4f} after fold {fold}")
+                prune(f"after fold {fold} (running AUC {running_auc:.4f})")
 
-        result = cross_validate(adapter, folds, params, on_fold=report)
+        def report_round(fold: int, rounds: int, stop_auc: float) -> None:
+            if fold != first:
+                return
+            trial.report(stop_auc, rounds)
+            if trial.should_prune():
+                prune(f"after {rounds} rounds of fold {fold} (early-stopping AUC {stop_auc:.4f})")
+
+        def prune(where: str) -> None:
+            trial.set_user_attr("pruned", where)
+            raise optuna.TrialPruned(where)
+
+        result = cross_validate(adapter, folds, params, on_fold=report,
+                                on_round=report_round if prune_rounds else None)  # fmt: skip
         trial.set_user_attr("fold_aucs", result.fold_aucs)
         trial.set_user_attr("best_iterations", result.best_iterations)
         return result.mean_auc
@@ -184,11 +212,8 @@ def run_study(study: optuna.Study, objective: Any, n_trials: int, timeout: float
 
     def log_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         best = _best_value(study)
-        if trial.state == optuna.trial.TrialState.PRUNED and trial.intermediate_values:
-            step = max(trial.intermediate_values)
-            outcome = (
-                f"pruned after fold {step} (running AUC {trial.intermediate_values[step]:.4f})"
-            )
+        if trial.state == optuna.trial.TrialState.PRUNED and "pruned" in trial.user_attrs:
+            outcome = f"pruned {trial.user_attrs['pruned']}"
         else:
             outcome = (
                 f"{trial.state.name.lower()}: {trial.value:.4f}"

@@ -22,7 +22,7 @@ from stage2_boost.features import create_feature_groups
 from stage2_boost.folds import make_folds
 from stage2_boost.inspect_studies import describe_study, study_table
 from stage2_boost.train import run_training
-from stage2_boost.tune import make_objective, mask_url, open_storage
+from stage2_boost.tune import ROUND_WARMUP, make_objective, mask_url, open_storage
 from tests.conftest import ISIC, require
 from tests.stage2.helpers import (
     FAST,
@@ -77,6 +77,49 @@ def test_objective_runs_under_fixed_trial(features: Path) -> None:
     trial = optuna.trial.FixedTrial(adapter.default_params())
     value = make_objective(adapter, prepared, {"groups": ["metadata"]})(trial)
     assert 0.5 < value <= 1.0
+
+
+@pytest.mark.parametrize("name", sorted(BOOSTERS))
+def test_tuning_fits_use_the_search_bins_and_refits_the_full_ones(
+    features: Path, name: str
+) -> None:
+    data = load_stage_data(features, None)
+    rows = data.split_index("train")
+    folds = prepare_folds(data, rows, make_folds(data.frame.iloc[rows], 3, 0),
+                          lambda: create_feature_groups(["metadata"], [], "pca", 4, 0), 0)  # fmt: skip
+    coarse = create_booster(name, max_rounds=50, early_stopping=10, search_bins=15)
+    bins = {"lgbm": lambda p: p[2]["max_bin"], "xgb": lambda p: p[2]}[name]
+    assert bins(folds[0].native(coarse)) == 15
+    assert bins(folds[0].native(coarse, whole=True)) == coarse.full_bins
+    full = create_booster(name, max_rounds=50, early_stopping=10)
+    assert bins(folds[0].native(full)) == full.full_bins  # a separate entry, not the coarse one
+
+
+@pytest.mark.parametrize("name", sorted(BOOSTERS))
+def test_round_pruning_stops_a_poor_trial_inside_its_first_fold(features: Path, name: str) -> None:
+    data = load_stage_data(features, None)
+    rows = data.split_index("train")
+    folds = prepare_folds(data, rows, make_folds(data.frame.iloc[rows], 3, 0),
+                          lambda: create_feature_groups(["metadata", "embedding"], ["bb"], "pca", 4, 0), 0)  # fmt: skip
+    adapter = create_booster(name, max_rounds=200, early_stopping=200)
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner(
+        n_startup_trials=2, n_warmup_steps=ROUND_WARMUP))  # fmt: skip
+    for rounds in range(10, 210, 10):  # two finished trials that were perfect at every step
+        study.add_trial(optuna.create_trial(value=1.0, params={}, distributions={},
+                                            intermediate_values={rounds: 1.0}))  # fmt: skip
+    seen: list[int] = []
+    objective = make_objective(adapter, folds, {"groups": []}, prune_rounds=True)
+
+    def watched(trial: optuna.Trial) -> float:
+        original = trial.report
+        trial.report = lambda value, step: (seen.append(step), original(value, step))[1]  # type: ignore[method-assign]
+        return objective(trial)
+
+    study.optimize(watched, n_trials=1)
+    trial = study.trials[-1]
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    assert trial.user_attrs["pruned"].startswith(f"after {ROUND_WARMUP} rounds of fold 0")
+    assert seen == list(range(10, ROUND_WARMUP + 10, 10))  # every 10 rounds, stopped at warm-up
 
 
 def test_training_writes_valid_outputs_and_resumes_studies(config: Stage2Config) -> None:
