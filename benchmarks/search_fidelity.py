@@ -73,7 +73,8 @@ def main() -> None:
                                      search_bins=bins)  # fmt: skip
             for fold in tuning:  # native data built before the clock starts, as in a real run
                 fold.native(adapter)
-            study = open_study(optuna.storages.InMemoryStorage(), label, 42,
+            name = f"fidelity.{args.model}.bins{bins or 'full'}-rounds{int(prune_rounds)}"
+            study = open_study(optuna.storages.InMemoryStorage(), name, 42,
                                prune_rounds=prune_rounds)  # fmt: skip
             objective = make_objective(adapter, tuning, {"groups": GROUPS}, prune_rounds)
             started = time.perf_counter()

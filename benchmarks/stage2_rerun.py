@@ -5,13 +5,15 @@
 On the 1,847 real ISIC JPEGs from ../shared with Lite0 (shared weights): (1) the full
 ``./run_all.sh`` (stage 1 + stage 2, 20 trials per model); (2) ``./run_all.sh --stage 2 --trials 0``
 (refit only: the fold features come from the fold cache); (3) ``--stage 2 --trials 20``. Each is
-a fresh process, timed from outside; the time spent in trials comes from the Optuna studies'
+a fresh process, timed from outside, starting from an empty output folder (the ONNX export of
+the backbone stays cached in ~/.cache); the time spent in trials comes from the Optuna studies'
 timestamps.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 import time
@@ -51,6 +53,7 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     data = isic_jpeg_layout(args.work / "isic")
     out = args.work / "out"
+    shutil.rmtree(out, ignore_errors=True)  # the full run starts from nothing (stage 1 included)
     base = [
         "--data",
         str(data),
