@@ -40,9 +40,8 @@ class FoldMatrices:
         default_factory=dict
     )  # (adapter, whole, bins) -> native data
     groups: list[FeatureGroup] = field(default_factory=list)  # fitted on this fold's training part
-    cache_entry: Path | None = (
-        None  # the fold-cache folder these matrices were read from/written to
-    )
+    # the fold-cache folder these matrices were read from or written to (None: not cached)
+    cache_entry: Path | None = None
 
     def native(self, adapter: BoosterAdapter, whole: bool = False) -> Any:
         """The adapter's data for this fold, built on first use and kept: fit + early-stopping
