@@ -86,7 +86,7 @@ def cached_prepare_folds(
             shutil.rmtree(entry, ignore_errors=True)
     matrices = prepare_folds(data, train_rows, folds, make_groups, seed, test_rows, extra_rows)
     _write(entry, matrices)
-    _prune(cache_root)
+    prune_oldest(cache_root)
     return _tag(matrices, entry) if (entry / "entry.json").is_file() else matrices
 
 
@@ -142,10 +142,11 @@ def _parquet(path: Path) -> pd.DataFrame | None:
     return pd.read_parquet(path) if path.is_file() else None
 
 
-def _prune(root: Path) -> None:
+def prune_oldest(root: Path, keep: int = KEEP) -> None:
+    """Remove all but the ``keep`` most recently written (or used) entries under ``root``."""
     entries = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
                      key=lambda p: p.stat().st_mtime, reverse=True)  # fmt: skip
-    for old in entries[KEEP:]:
+    for old in entries[keep:]:
         shutil.rmtree(old, ignore_errors=True)
 
 

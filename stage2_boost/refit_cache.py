@@ -28,6 +28,7 @@ from stage1_embed.schema import library_versions
 
 from .boosters import BoosterAdapter
 from .cv import CVResult, FoldMatrices, cross_validate
+from .fold_cache import prune_oldest
 
 logger = logging.getLogger(__name__)
 REFITS = "refits"
@@ -59,7 +60,7 @@ def cached_refit(
             shutil.rmtree(folder, ignore_errors=True)
     result = cross_validate(adapter, folds, params, n_rounds=n_rounds, keep_models=True)
     _write(folder, adapter, result)
-    _prune(entry / REFITS)
+    prune_oldest(entry / REFITS, KEEP)
     return result
 
 
@@ -104,10 +105,3 @@ def _read(folder: Path, adapter: BoosterAdapter) -> CVResult:
     ]
     return CVResult(oof, meta["fold_aucs"], meta["best_iterations"], test_pred,
                     meta["importance"], models)  # fmt: skip
-
-
-def _prune(root: Path) -> None:
-    entries = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                     key=lambda p: p.stat().st_mtime, reverse=True)  # fmt: skip
-    for old in entries[KEEP:]:
-        shutil.rmtree(old, ignore_errors=True)
