@@ -8,6 +8,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from .batch_decode import BatchDecoder, RawDataset, collate_raw
 from .engines import make_embedder
 from .extract import Batch, ImageDataset, make_loader, plan_batches
 from .parts import Failure, PartsFolder
-from .preprocess import Preprocess
+from .preprocess import RESIZE_ENGINE, Preprocess
 from .progress import progress_bar
 from .schema import (
     EMBEDDINGS_DIR,
@@ -96,6 +97,7 @@ def backbone_provenance(
         "precision": settings.precision,
         "engine": settings.engine,
         "decode": settings.decode,
+        "resize": RESIZE_ENGINE,
         "chunk_size": settings.chunk_size,
         "input_fingerprint": fingerprint,
         "schema_version": SCHEMA_VERSION,
@@ -183,21 +185,37 @@ def _run_chunks(
         backbone, settings.engine, device, settings.tta, _amp(settings), sample
     )
     batch_iter = itertools.chain([first], iter_batches)
-    for chunk in todo:
-        keys: list[tuple[str, str]] = []
-        vectors: list[np.ndarray] = []
-        failures: list[Failure] = []
-        for _ in chunks[chunk]:
-            batch = next(batch_iter)
-            if batch.pixels is not None:
-                vectors.append(embedder(batch.pixels))
-                keys += [(refs[i].split, refs[i].image_name) for i in batch.indices]
-            failures += [(refs[i].split, refs[i].image_name, err) for i, err in batch.failures]
-            bar.update(len(batch.indices) + len(batch.failures))
-        matrix = np.concatenate(vectors) if vectors else np.zeros((0, parts.width), np.float32)
-        parts.write_part(chunk, keys, matrix, failures)
+    # With ONNX Runtime, torch only resizes single images here: its thread pool would only
+    # contend with ONNX Runtime's for the same cores.
+    decode_here = engine_used == "onnx" and settings.num_workers == 0
+    with torch_threads(1 if decode_here else None):
+        for chunk in todo:
+            keys: list[tuple[str, str]] = []
+            vectors: list[np.ndarray] = []
+            failures: list[Failure] = []
+            for _ in chunks[chunk]:
+                batch = next(batch_iter)
+                if batch.pixels is not None:
+                    vectors.append(embedder(batch.pixels))
+                    keys += [(refs[i].split, refs[i].image_name) for i in batch.indices]
+                failures += [(refs[i].split, refs[i].image_name, e) for i, e in batch.failures]
+                bar.update(len(batch.indices) + len(batch.failures))
+            matrix = np.concatenate(vectors) if vectors else np.zeros((0, parts.width), np.float32)
+            parts.write_part(chunk, keys, matrix, failures)
     bar.close()
     return total, engine_used
+
+
+@contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """Run the block with torch's intra-op threads set to ``count`` (None: leave them)."""
+    before = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _amp(settings: EmbedSettings) -> torch.dtype | None:

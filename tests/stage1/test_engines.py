@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from stage1_embed import engines
 from stage1_embed.config import Stage1Config
@@ -74,3 +75,25 @@ def test_progress_is_log_lines_off_a_terminal(caplog: pytest.LogCaptureFixture) 
         bar.close()
     lines = [r.getMessage() for r in caplog.records]
     assert lines[0].startswith("lite0: 40/100 images") and "\r" not in "".join(lines)
+
+
+def test_onnx_micro_batches_give_the_whole_batch_embeddings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine splits stage 1's batches for speed; a batch that is not a multiple of the split
+    (and one smaller than it) comes back whole, in order, as one run of the whole batch gives."""
+    pytest.importorskip("onnxruntime")
+    from stage1_embed.backbones import create_backbone, parse_backbone_spec
+
+    backbone = create_backbone(parse_backbone_spec("resnet18"), tmp_path, random_init=True,
+                               input_size=64)  # fmt: skip
+    path = tmp_path / "resnet18.onnx"
+    engines._export(backbone, path)
+    embedder = engines.OnnxEmbedder(path)
+    pixels = torch.randint(0, 256, (engines.ONNX_MICRO_BATCH + 3, 3, 64, 64), dtype=torch.uint8)
+    split = embedder(pixels)
+    monkeypatch.setattr(engines, "ONNX_MICRO_BATCH", 1000)
+    whole = embedder(pixels)
+    assert split.shape == whole.shape == (len(pixels), backbone.num_features)
+    np.testing.assert_allclose(split, whole, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(embedder(pixels[:2]), whole[:2], rtol=1e-5, atol=1e-5)
