@@ -72,12 +72,16 @@ class _Normalised(torch.nn.Module):
 class OnnxEmbedder:
     """Same contract as :class:`Embedder`: uint8 batch in, float32 embeddings out (TTA averaged)."""
 
-    def __init__(self, path: Path, tta: Sequence[str] = ()) -> None:
+    def __init__(self, path: Path, tta: Sequence[str] = (), threads: int | None = None) -> None:
+        """``threads``: ONNX Runtime's intra-op threads (None: one per core). Stage 1 on a CPU
+        uses 1 and calls the embedder from one thread per core instead (see ``cpu_pipeline``)."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
+        if threads is not None:
+            options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.tta = tuple(tta)
         shape = self.session.get_inputs()[0].shape
@@ -108,11 +112,12 @@ def onnx_path(backbone: Backbone) -> Path:
 
 def make_embedder(
     backbone: Backbone, engine: str, device: torch.device, tta: Sequence[str],
-    amp_dtype: torch.dtype | None, sample: torch.Tensor | None,
+    amp_dtype: torch.dtype | None, sample: torch.Tensor | None, onnx_threads: int | None = None,
 ) -> tuple[Embedder | OnnxEmbedder, str]:  # fmt: skip
     """The embedder for ``engine``, and the engine actually used (ONNX may fall back to torch).
 
-    ``sample`` (a few real uint8 images) checks a new export against torch."""
+    ``sample`` (a few real uint8 images) checks a new export against torch; ``onnx_threads`` is
+    ONNX Runtime's intra-op thread count."""
     torch_embedder = Embedder(backbone.model, backbone.data_config, device, tta, amp_dtype)
     if engine != "onnx":
         return torch_embedder, "torch"
@@ -131,7 +136,7 @@ def make_embedder(
         logger.warning("%s: the ONNX export agrees with torch only to cosine %.6f (< %s); using "
                        "torch", backbone.spec.slug, cosine, MIN_COSINE)  # fmt: skip
         return torch_embedder, "torch"
-    return OnnxEmbedder(path, tta), "onnx"
+    return OnnxEmbedder(path, tta, onnx_threads), "onnx"
 
 
 def _export(backbone: Backbone, path: Path) -> None:

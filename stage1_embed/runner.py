@@ -7,7 +7,7 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +18,7 @@ import torch
 
 from .backbones import Backbone
 from .batch_decode import BatchDecoder, RawDataset, collate_raw
+from .cpu_pipeline import cpu_threads, embedded_in_threads
 from .engines import make_embedder
 from .extract import Batch, ImageDataset, make_loader, plan_batches
 from .parts import Failure, PartsFolder
@@ -168,6 +169,7 @@ def _run_chunks(
     batches = [batch for c in todo for batch in chunks[c]]
     pin = device.type == "cuda"
     iter_batches: Iterator[Batch]
+    dataset = ImageDataset(source, refs, preprocess)
     if settings.decode == "torchvision":
         decoder = BatchDecoder(source, refs, preprocess, device)
         raw = RawDataset(source, refs, preprocess)
@@ -175,28 +177,34 @@ def _run_chunks(
             decoder, make_loader(raw, batches, settings.num_workers, pin, collate_raw)
         )
     else:
-        dataset = ImageDataset(source, refs, preprocess)
         iter_batches = iter(make_loader(dataset, batches, settings.num_workers, pin))
     total = sum(len(b) for b in batches)
     bar = progress_bar(total, backbone.spec.slug, settings.progress)
     first = next(iter_batches)
     sample = first.pixels[:8] if first.pixels is not None else None  # checks a new ONNX export
+    # Decoding here (no worker processes) for ONNX Runtime: one thread per core runs whole
+    # batches, each with a single-threaded ONNX Runtime run (cpu_pipeline.py).
+    threads = cpu_threads() if settings.num_workers == 0 and settings.decode != "torchvision" else 0
     embedder, engine_used = make_embedder(
-        backbone, settings.engine, device, settings.tta, _amp(settings), sample
-    )
-    batch_iter = itertools.chain([first], iter_batches)
-    # With ONNX Runtime, torch only resizes single images here: its thread pool would only
-    # contend with ONNX Runtime's for the same cores.
-    decode_here = engine_used == "onnx" and settings.num_workers == 0
-    with torch_threads(1 if decode_here else None):
+        backbone, settings.engine, device, settings.tta, _amp(settings), sample,
+        onnx_threads=1 if threads else None,
+    )  # fmt: skip
+    embedded: Iterator[tuple[Batch, np.ndarray | None]]
+    if engine_used == "onnx" and threads:
+        later = embedded_in_threads(dataset, batches[1:], embedder, threads)
+        embedded = itertools.chain([_embed(first, embedder)], later)
+    else:
+        embedded = (_embed(batch, embedder) for batch in itertools.chain([first], iter_batches))
+    # torch only resizes single images beside ONNX Runtime: its own thread pool would contend.
+    with torch_threads(1 if engine_used == "onnx" else None):
         for chunk in todo:
             keys: list[tuple[str, str]] = []
             vectors: list[np.ndarray] = []
             failures: list[Failure] = []
             for _ in chunks[chunk]:
-                batch = next(batch_iter)
-                if batch.pixels is not None:
-                    vectors.append(embedder(batch.pixels))
+                batch, batch_vectors = next(embedded)
+                if batch_vectors is not None:
+                    vectors.append(batch_vectors)
                     keys += [(refs[i].split, refs[i].image_name) for i in batch.indices]
                 failures += [(refs[i].split, refs[i].image_name, e) for i, e in batch.failures]
                 bar.update(len(batch.indices) + len(batch.failures))
@@ -216,6 +224,12 @@ def torch_threads(count: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def _embed(
+    batch: Batch, embedder: Callable[[torch.Tensor], np.ndarray]
+) -> tuple[Batch, np.ndarray | None]:
+    return batch, embedder(batch.pixels) if batch.pixels is not None else None
 
 
 def _amp(settings: EmbedSettings) -> torch.dtype | None:

@@ -97,3 +97,35 @@ def test_onnx_micro_batches_give_the_whole_batch_embeddings(
     assert split.shape == whole.shape == (len(pixels), backbone.num_features)
     np.testing.assert_allclose(split, whole, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(embedder(pixels[:2]), whole[:2], rtol=1e-5, atol=1e-5)
+
+
+def test_threaded_cpu_pipeline_keeps_order_and_failures(tiny_dataset: Path) -> None:
+    """One thread per core runs whole batches; results come back in batch order, with the same
+    embeddings and per-image failures as the sequential loop."""
+    from stage1_embed.cpu_pipeline import embedded_in_threads
+    from stage1_embed.extract import ImageDataset, collate
+    from stage1_embed.preprocess import Preprocess
+    from stage1_embed.sources import create_source
+
+    folder = tiny_dataset / "jpeg" / "train"
+    (folder / "IMG_0005.jpg").write_bytes(b"not a jpeg")
+    source = create_source(tiny_dataset, image_format="jpeg")
+    names = sorted(p.stem for p in folder.glob("*.jpg"))
+    found = source.index({"train": set(names)})
+    dataset = ImageDataset(
+        source, [found[("train", n)] for n in names], Preprocess(32, 36, "bicubic")
+    )
+    batches = [list(range(start, min(start + 3, len(names)))) for start in range(0, len(names), 3)]
+
+    def embed(pixels: torch.Tensor) -> np.ndarray:
+        return pixels.float().mean(dim=(2, 3)).numpy()
+
+    threaded = list(embedded_in_threads(dataset, batches, embed, threads=3))
+    sequential = [collate([dataset[i] for i in b]) for b in batches]
+    assert len(threaded) == len(sequential)
+    for (batch, vectors), expected in zip(threaded, sequential, strict=True):
+        assert batch.indices == expected.indices and batch.failures == expected.failures
+        assert expected.pixels is not None and vectors is not None
+        np.testing.assert_array_equal(vectors, embed(expected.pixels))
+    failed = [names[i] for batch, _ in threaded for i, _ in batch.failures]
+    assert failed == ["IMG_0005"]
