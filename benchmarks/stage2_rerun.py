@@ -1,8 +1,11 @@
 """How long a stage 2 rerun takes after a full run, and how much of it is trials, in one run.
 
     .venv/bin/python benchmarks/stage2_rerun.py --work /tmp/melanoma-rerun
+    .venv/bin/python benchmarks/stage2_rerun.py --work /tmp/melanoma-rerun --dataset full-csv
 
-On the 1,847 real ISIC JPEGs from ../shared with Lite0 (shared weights): (1) the full
+On the 1,847 real ISIC JPEGs from ../shared with Lite0 (shared weights), or with ``full-csv`` on
+the whole real competition train.csv (33,126 images, 2,056 patients; metadata and patient
+features only, no images: the full-scale shape of a trial): (1) the full
 ``./run_all.sh`` (stage 1 + stage 2, 20 trials per model); (2) ``./run_all.sh --stage 2 --trials 0``
 (refit only: the fold features come from the fold cache); (3) ``--stage 2 --trials 20``. Each is
 a fresh process, timed from outside, starting from an empty output folder (the ONNX export of
@@ -23,7 +26,7 @@ import optuna
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import REPO, WEIGHTS, isic_jpeg_layout, machine
+from benchmarks.common import ISIC, REPO, WEIGHTS, isic_jpeg_layout, machine, require_shared
 
 
 def run(args: list[str]) -> float:
@@ -49,21 +52,22 @@ def trial_seconds(storage: str, since: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/melanoma-rerun"))
+    parser.add_argument("--dataset", choices=("jpegs", "full-csv"), default="jpegs")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    data = isic_jpeg_layout(args.work / "isic")
-    out = args.work / "out"
+    if args.dataset == "jpegs":
+        data = isic_jpeg_layout(args.work / "isic")
+        backbones = f"local-dir:{WEIGHTS / 'tf_efficientnet_lite0'}"
+    else:
+        data = args.work / "isic-csv"
+        data.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(require_shared(ISIC / "csv" / "train.csv"), data / "train.csv")
+        backbones = "none"
+    out = args.work / f"out-{args.dataset}"
     shutil.rmtree(out, ignore_errors=True)  # the full run starts from nothing (stage 1 included)
-    base = [
-        "--data",
-        str(data),
-        "--out",
-        str(out),
-        "--backbones",
-        f"local-dir:{WEIGHTS / 'tf_efficientnet_lite0'}",
-    ]
+    base = ["--data", str(data), "--out", str(out), "--backbones", backbones]
     storage = f"sqlite:///{(out / 'stage2' / 'optuna.db').resolve()}"
-    print(f"machine: {machine()}")
+    print(f"machine: {machine()}; dataset: {args.dataset}")
     print("| run | wall time | in trials | share of the full run |\n| --- | --- | --- | --- |")
     rows = []
     for label, extra in (("full `./run_all.sh` (stage 1 + 20 trials per model)", []),

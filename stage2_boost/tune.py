@@ -20,8 +20,9 @@ from .errors import ConfigError
 logger = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 10
 # Pruning steps. Fold-level: the running mean AUC after each fold. With round-level pruning, the
-# first fold also reports its early-stopping AUC every few boosting rounds at step = rounds done,
-# so the fold steps move past any round count (one step axis, no collisions).
+# first fold also reports its early-stopping AUC every few boosting rounds at step = rounds done
+# (from the warm-up on: earlier steps are never judged, and each report is a storage write), so
+# the fold steps move past any round count (one step axis, no collisions).
 FOLD_STEP = 1_000_000
 ROUND_WARMUP = 50  # rounds before a trial can be pruned on its first fold's curve
 GRACE_SECONDS = 30  # a RUNNING trial whose process died is marked FAIL after this
@@ -186,7 +187,7 @@ def make_objective(
                 prune(f"after fold {fold} (running AUC {running_auc:.4f})")
 
         def report_round(fold: int, rounds: int, stop_auc: float) -> None:
-            if fold != first:
+            if fold != first or rounds < ROUND_WARMUP:  # the pruner never judges these steps
                 return
             trial.report(stop_auc, rounds)
             if trial.should_prune():
@@ -246,5 +247,7 @@ def best_choice(study: optuna.Study, adapter: BoosterAdapter) -> Choice:
 
 
 def _best_value(study: optuna.Study) -> float | None:
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    return max(t.value for t in done if t.value is not None) if done else None
+    # No deep copies: logging each trial's line would otherwise copy the whole study each time.
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    values = [t.value for t in done if t.value is not None]
+    return max(values) if values else None

@@ -119,7 +119,7 @@ def test_round_pruning_stops_a_poor_trial_inside_its_first_fold(features: Path, 
     trial = study.trials[-1]
     assert trial.state == optuna.trial.TrialState.PRUNED
     assert trial.user_attrs["pruned"].startswith(f"after {ROUND_WARMUP} rounds of fold 0")
-    assert seen == list(range(10, ROUND_WARMUP + 10, 10))  # every 10 rounds, stopped at warm-up
+    assert seen == [ROUND_WARMUP]  # every 10 rounds from the warm-up on (earlier are never judged)
 
 
 def test_training_writes_valid_outputs_and_resumes_studies(config: Stage2Config) -> None:
