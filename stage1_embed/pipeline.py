@@ -208,13 +208,16 @@ def _embed_settings(config: Stage1Config, source_format: str | None = None) -> E
         precision = "fp32"  # autocast is used on CUDA only
     elif precision == "auto":
         precision = "bf16"
+    engine = resolve_engine(config.engine, device)
+    # ONNX Runtime on a CPU decodes in a thread per core (cpu_pipeline.py), not worker processes.
+    workers = 0 if engine == "onnx" and config.num_workers is None else config.workers_for(device)
     return EmbedSettings(
         batch_size=config.batch_size,
-        num_workers=config.workers_for(device),
+        num_workers=workers,
         chunk_size=config.chunk_size,
         device=device,
         precision=precision,
-        engine=resolve_engine(config.engine, device),
+        engine=engine,
         decode=resolve_decode(config.decode, device, source_format),
         tta=config.tta,
         num_shards=config.num_shards,

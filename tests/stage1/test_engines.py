@@ -129,3 +129,18 @@ def test_threaded_cpu_pipeline_keeps_order_and_failures(tiny_dataset: Path) -> N
         np.testing.assert_array_equal(vectors, embed(expected.pixels))
     failed = [names[i] for batch, _ in threaded for i, _ in batch.failures]
     assert failed == ["IMG_0005"]
+
+
+def test_onnx_on_a_many_core_cpu_decodes_in_threads_not_worker_processes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Decode processes only pay beside torch; ONNX Runtime gets a thread per core instead,
+    unless --workers asks for processes."""
+    from stage1_embed import config as config_module
+    from stage1_embed.pipeline import _embed_settings
+
+    monkeypatch.setattr(config_module.os, "cpu_count", lambda: 16)
+    base = Stage1Config(data_dir=tmp_path, out_dir=tmp_path / "out", device="cpu")
+    assert _embed_settings(replace(base, engine="onnx")).num_workers == 0
+    assert _embed_settings(replace(base, engine="torch")).num_workers == 4
+    assert _embed_settings(replace(base, engine="onnx", num_workers=3)).num_workers == 3
