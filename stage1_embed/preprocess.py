@@ -80,4 +80,5 @@ class Preprocess:
 def pil_to_uint8_chw(image: Image.Image) -> torch.Tensor:
     """An RGB PIL image as a (3, H, W) uint8 tensor with channels-last strides (no transpose copy),
     the layout torch's vectorised uint8 resize reads."""
-    return torch.from_numpy(np.array(image.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1)
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1)
