@@ -127,27 +127,40 @@ def test_workers_opening_an_empty_database_at_the_same_instant(server: LocalPost
         assert [s.study_name for s in optuna.get_all_study_summaries(url)] == ["race"]
 
 
+def kill_a_worker_mid_trial(
+    features: Path, url: str, grace: tuple[str, ...], attempts: int = 5
+) -> optuna.trial.FrozenTrial:
+    """SIGKILL a worker while its latest trial is RUNNING; returns that trial as left behind.
+    A trial can finish between the look and the kill (they take well under a second here): then
+    the kill landed between trials, and another worker is started and killed."""
+    for _ in range(attempts):
+        victim = worker(features, features / "victim", url, 500, *grace)
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            time.sleep(0.2)
+            try:
+                trials = only_study(url).trials
+            except (ValueError, KeyError):  # no study yet
+                continue
+            states = [t.state for t in trials]
+            if States.COMPLETE in states and states[-1] == States.RUNNING:
+                break
+        else:
+            pytest.fail("the worker never ran a trial")
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(30)
+        last = only_study(url).trials[-1]
+        if last.state == States.RUNNING:
+            return last
+    pytest.fail(f"no kill out of {attempts} landed inside a trial")
+
+
 def test_a_killed_worker_fails_its_trial_and_the_study_goes_on(
     server: LocalPostgres, features: Path
 ) -> None:
     url = fresh_database(server)
     grace = ("--heartbeat-grace", "3")
-    victim = worker(features, features / "victim", url, 500, *grace)
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        time.sleep(0.2)
-        try:
-            trials = only_study(url).trials
-        except (ValueError, KeyError):  # no study yet
-            continue
-        states = [t.state for t in trials]
-        if States.COMPLETE in states and states[-1] == States.RUNNING:
-            break
-    else:
-        pytest.fail("the worker never ran a trial")
-    victim.send_signal(signal.SIGKILL)
-    victim.wait(30)
-    killed = only_study(url).trials[-1]
+    killed = kill_a_worker_mid_trial(features, url, grace)
     assert killed.state == States.RUNNING  # left behind by the dead worker
     time.sleep(3.5)  # past the grace period: the next trial of any worker marks it failed
     survivor = worker(features, features / "survivor", url, 2, *grace)
