@@ -10,7 +10,8 @@ features only, no images: the full-scale shape of a trial): (1) the full
 (refit only: the fold features come from the fold cache); (3) ``--stage 2 --trials 20``. Each is
 a fresh process, timed from outside, starting from an empty output folder (the ONNX export of
 the backbone stays cached in ~/.cache); the time spent in trials comes from the Optuna studies'
-timestamps.
+timestamps. (4) The same 20-trial rerun in a warm Python session: ``run_training`` called again
+in this process, after one ``--trials 0`` call has loaded the libraries (a notebook's reruns).
 """
 
 from __future__ import annotations
@@ -49,6 +50,18 @@ def trial_seconds(storage: str, since: float) -> float:
     return total
 
 
+def in_process(out: Path) -> tuple[float, float]:
+    """Seconds of a 20-trial rerun in this (warm) process, and of them in trials."""
+    from stage2_boost.config import Stage2Config
+    from stage2_boost.train import run_training
+
+    run_training(Stage2Config(features_dir=out, n_trials=0))  # loads the libraries
+    since, started = time.time(), time.perf_counter()
+    run_training(Stage2Config(features_dir=out, n_trials=20))
+    seconds = time.perf_counter() - started
+    return seconds, trial_seconds(f"sqlite:///{(out / 'stage2' / 'optuna.db').resolve()}", since)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/melanoma-rerun"))
@@ -76,6 +89,7 @@ def main() -> None:
         since = time.time()
         seconds = run([*base, *extra])
         rows.append((label, seconds, trial_seconds(storage, since)))
+    rows.append(("`run_training` again in a warm Python session, 20 trials", *in_process(out)))
     full = rows[0][1]
     for label, seconds, trials in rows:
         print(
