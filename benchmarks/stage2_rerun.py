@@ -50,7 +50,7 @@ def trial_seconds(storage: str, since: float) -> float:
     return total
 
 
-def in_process(out: Path) -> tuple[float, float]:
+def in_process(out: Path, storage: str) -> tuple[float, float]:
     """Seconds of a 20-trial rerun in this (warm) process, and of them in trials."""
     from stage2_boost.config import Stage2Config
     from stage2_boost.train import run_training
@@ -59,7 +59,7 @@ def in_process(out: Path) -> tuple[float, float]:
     since, started = time.time(), time.perf_counter()
     run_training(Stage2Config(features_dir=out, n_trials=20))
     seconds = time.perf_counter() - started
-    return seconds, trial_seconds(f"sqlite:///{(out / 'stage2' / 'optuna.db').resolve()}", since)
+    return seconds, trial_seconds(storage, since)
 
 
 def main() -> None:
@@ -89,7 +89,9 @@ def main() -> None:
         since = time.time()
         seconds = run([*base, *extra])
         rows.append((label, seconds, trial_seconds(storage, since)))
-    rows.append(("`run_training` again in a warm Python session, 20 trials", *in_process(out)))
+    rows.append(
+        ("`run_training` again in a warm Python session, 20 trials", *in_process(out, storage))
+    )
     full = rows[0][1]
     for label, seconds, trials in rows:
         print(

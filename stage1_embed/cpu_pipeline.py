@@ -29,6 +29,13 @@ def cpu_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def embed_batch(
+    batch: Batch, embed: Callable[[torch.Tensor], np.ndarray]
+) -> tuple[Batch, np.ndarray | None]:
+    """The batch and its embeddings (None when every image of it failed to read)."""
+    return batch, embed(batch.pixels) if batch.pixels is not None else None
+
+
 def embedded_in_threads(
     dataset: ImageDataset,
     batches: Sequence[list[int]],
@@ -39,8 +46,7 @@ def embedded_in_threads(
     safe to call from several threads (an ONNX Runtime session is)."""
 
     def work(indices: list[int]) -> tuple[Batch, np.ndarray | None]:
-        batch = collate([dataset[i] for i in indices])
-        vectors = embed(batch.pixels) if batch.pixels is not None else None
+        batch, vectors = embed_batch(collate([dataset[i] for i in indices]), embed)
         return Batch(batch.indices, None, batch.failures), vectors  # pixels are not kept
 
     pending: deque[Future[tuple[Batch, np.ndarray | None]]] = deque()

@@ -7,7 +7,7 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +18,7 @@ import torch
 
 from .backbones import Backbone
 from .batch_decode import BatchDecoder, RawDataset, collate_raw
-from .cpu_pipeline import cpu_threads, embedded_in_threads
+from .cpu_pipeline import cpu_threads, embed_batch, embedded_in_threads
 from .engines import make_embedder
 from .extract import Batch, ImageDataset, make_loader, plan_batches
 from .parts import Failure, PartsFolder
@@ -192,9 +192,11 @@ def _run_chunks(
     embedded: Iterator[tuple[Batch, np.ndarray | None]]
     if engine_used == "onnx" and threads:
         later = embedded_in_threads(dataset, batches[1:], embedder, threads)
-        embedded = itertools.chain([_embed(first, embedder)], later)
+        embedded = itertools.chain([embed_batch(first, embedder)], later)
     else:
-        embedded = (_embed(batch, embedder) for batch in itertools.chain([first], iter_batches))
+        embedded = (
+            embed_batch(batch, embedder) for batch in itertools.chain([first], iter_batches)
+        )
     # torch only resizes single images beside ONNX Runtime: its own thread pool would contend.
     with torch_threads(1 if engine_used == "onnx" else None):
         for chunk in todo:
@@ -224,12 +226,6 @@ def torch_threads(count: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def _embed(
-    batch: Batch, embedder: Callable[[torch.Tensor], np.ndarray]
-) -> tuple[Batch, np.ndarray | None]:
-    return batch, embedder(batch.pixels) if batch.pixels is not None else None
 
 
 def _amp(settings: EmbedSettings) -> torch.dtype | None:
