@@ -306,7 +306,7 @@ def _tune_and_evaluate(
         study.study_name,
         choice.params,
         choice.tuning_auc,
-        len(study.trials),
+        len(study.get_trials(deepcopy=False)),
         result,
         n_rounds,
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -37,17 +39,30 @@ def open_storage(url: str, grace_seconds: int = GRACE_SECONDS) -> optuna.storage
     """An Optuna storage for any RDB URL; heartbeats let killed trials be marked failed.
 
     On PostgreSQL, workers that start together would all create Optuna's tables at once (one then
-    dies of a unique violation in ``pg_type``): the schema is created under an advisory lock."""
+    dies of a unique violation in ``pg_type``): the schema is created under an advisory lock.
+
+    The storage comes wrapped in Optuna's trial cache, the one every Study puts around a bare
+    RDBStorage for itself: wrapped once here, all the studies of a run share it, so a study's
+    trials are read from the database once per run rather than once per Study object (loading,
+    resuming, sampling: three reads of every trial so far, ~0.1 s per 200 trials on SQLite)."""
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     heartbeat = max(1, grace_seconds // 3)
     try:
         with schema_lock(url):
-            return optuna.storages.RDBStorage(
+            storage = optuna.storages.RDBStorage(
                 url, heartbeat_interval=heartbeat, grace_period=grace_seconds,
                 engine_kwargs={"pool_pre_ping": True},
             )  # fmt: skip
     except Exception as err:  # SQLAlchemy/driver errors: the message may embed the URL
         raise storage_error(url, err) from None
+    cache = getattr(optuna.storages, "_CachedStorage", None)  # exported, named private
+    return cache(storage) if cache is not None else storage
+
+
+def storage_url(storage: optuna.storages.BaseStorage) -> str:
+    """The database URL of an ``open_storage`` result (bare or inside Optuna's trial cache)."""
+    backend = getattr(storage, "_backend", storage)
+    return str(getattr(backend, "url", ""))
 
 
 @contextmanager
@@ -129,12 +144,12 @@ def open_study(
     value is below the median of the others' at the same step stops (the first fold, or with
     ``prune_rounds`` its first ``ROUND_WARMUP`` rounds, are never judged).
     """
-    url = str(getattr(storage, "url", ""))
+    url = storage_url(storage)
     shared = not url.startswith("sqlite")
     with schema_lock(url):  # concurrent creators of one study wait for each other
         try:
             existing = optuna.load_study(study_name=name, storage=storage)
-            n_done = len(existing.trials)
+            n_done = len(existing.get_trials(deepcopy=False))
             if exclusive:
                 fail_interrupted_trials(existing)
         except KeyError:
@@ -156,7 +171,7 @@ def open_study(
 
 def fail_interrupted_trials(study: optuna.Study) -> int:
     """Mark trials left RUNNING by a killed process as FAIL; returns how many."""
-    stale = [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    stale = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
     for trial in stale:
         study._storage.set_trial_system_attr(
             trial._trial_id, "fail_reason", "interrupted (process killed)"
@@ -207,7 +222,10 @@ def make_objective(
 
 
 def run_study(study: optuna.Study, objective: Any, n_trials: int, timeout: float | None) -> None:
-    """Add ``n_trials`` trials (or stop at ``timeout`` seconds), logging one line per trial."""
+    """Add ``n_trials`` trials (or stop at ``timeout`` seconds), logging one line per trial.
+
+    Ctrl-C lets the running trial finish and then stops (KeyboardInterrupt, between trials, when
+    no storage write is half done); a second Ctrl-C stops at once."""
     if n_trials <= 0:
         return
 
@@ -224,9 +242,38 @@ def run_study(study: optuna.Study, objective: Any, n_trials: int, timeout: float
         logger.info("%s trial %d %s (best %s)", study.study_name.split(".")[1], trial.number, outcome,
                     f"{best:.4f}" if best is not None else "-")  # fmt: skip
 
-    study.optimize(
-        objective, n_trials=n_trials, timeout=timeout, callbacks=[log_trial], gc_after_trial=False
-    )
+    with _stop_on_interrupt() as interrupted:
+
+        def stop_if_interrupted(study: optuna.Study, _trial: optuna.trial.FrozenTrial) -> None:
+            if interrupted:
+                study.stop()
+
+        study.optimize(objective, n_trials=n_trials, timeout=timeout,
+                       callbacks=[log_trial, stop_if_interrupted], gc_after_trial=False)  # fmt: skip
+    if interrupted:
+        raise KeyboardInterrupt
+
+
+@contextmanager
+def _stop_on_interrupt() -> Iterator[list[int]]:
+    """While the block runs, the first SIGINT is only noted (the list becomes non-empty) and
+    the usual handler comes back for the next one. Elsewhere than the main thread: no-op."""
+    noted: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield noted
+        return
+    previous = signal.getsignal(signal.SIGINT) or signal.default_int_handler  # None: set in C
+
+    def note(signum: int, _frame: Any) -> None:
+        noted.append(signum)
+        signal.signal(signal.SIGINT, previous)
+        logger.warning("interrupt: stopping after the running trial (Ctrl-C again stops now)")
+
+    signal.signal(signal.SIGINT, note)
+    try:
+        yield noted
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @dataclass(frozen=True)
