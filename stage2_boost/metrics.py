@@ -38,21 +38,28 @@ def weighted_aucs(target: np.ndarray, score: np.ndarray, weights: np.ndarray) ->
     """ROC AUC of one scoring under each row of ``weights`` (replicates x rows); NaN where a
     replicate has no positive or no negative weight.
 
-    AUC = sum over score levels of P_level * (N below + N_level / 2) / (P_total * N_total), with
-    P and N the summed positive and negative weights; the scores are sorted once for all rows."""
-    order = np.argsort(score, kind="stable")
-    sorted_score, positive = score[order], target[order]
-    starts = np.flatnonzero(np.r_[True, sorted_score[1:] != sorted_score[:-1]])
+    AUC = sum over positives i of w_i * (N below s_i + N tied with s_i / 2) / (P_total * N_total),
+    with N the summed negative weights: the negatives are sorted once, each replicate's negative
+    weights summed cumulatively, and every positive looks its two positions up (exact integer
+    sums; equal to scikit-learn's weighted ``roc_auc_score``)."""
+    negatives = np.flatnonzero(~target)
+    negatives = negatives[np.argsort(score[negatives], kind="stable")]
+    positives = np.flatnonzero(target)
+    neg_scores, pos_scores = score[negatives], score[positives]
+    below = np.searchsorted(neg_scores, pos_scores, side="left")
+    up_to = np.searchsorted(neg_scores, pos_scores, side="right")
     out = np.empty(len(weights))
     step = max(1, _CHUNK_CELLS // max(1, len(score)))
     for begin in range(0, len(weights), step):
-        w = weights[begin : begin + step][:, order].astype(np.float64)
-        pos = np.add.reduceat(np.where(positive, w, 0.0), starts, axis=1)
-        neg = np.add.reduceat(np.where(positive, 0.0, w), starts, axis=1)
-        below = np.cumsum(neg, axis=1) - neg
-        total_pos, total_neg = pos.sum(axis=1), neg.sum(axis=1)
+        w = weights[begin : begin + step]
+        cumulative = np.zeros((len(w), len(negatives) + 1))
+        np.cumsum(w[:, negatives], axis=1, out=cumulative[:, 1:])
+        pos = w[:, positives]
+        under = cumulative[:, below]
+        tied = cumulative[:, up_to] - under
+        total_pos, total_neg = pos.sum(axis=1), cumulative[:, -1]
         with np.errstate(invalid="ignore", divide="ignore"):
-            area = (pos * (below + neg / 2)).sum(axis=1) / (total_pos * total_neg)
+            area = (pos * (under + tied / 2)).sum(axis=1) / (total_pos * total_neg)
         area[(total_pos == 0) | (total_neg == 0)] = np.nan
         out[begin : begin + step] = area
     return out
