@@ -177,6 +177,44 @@ def test_report_plots_exist_and_are_not_empty(config: Stage2Config) -> None:
     assert "OOF AUC (blend)" in text and "roc.png" in text
 
 
+def test_report_figures_are_redrawn_only_when_what_they_show_changes(config: Stage2Config) -> None:
+    run_training(replace(config, report=True))
+    report = config.stage2_dir / "report"
+    drawn = {p.name: p.stat().st_mtime_ns for p in report.glob("*.png")}
+    assert len(drawn) == 5
+    run_training(replace(config, report=True, n_trials=0))  # same parameters: refits reused
+    assert {p.name: p.stat().st_mtime_ns for p in report.glob("*.png")} == drawn
+    (report / "importance.png").write_bytes(b"edited by hand")
+    run_training(replace(config, report=True, n_trials=0, n_bootstrap=60))  # other intervals
+    now = {p.name: p.stat().st_mtime_ns for p in report.glob("*.png")}
+    changed = {name for name in drawn if now[name] != drawn[name]}
+    assert changed == {"roc.png", "importance.png"}  # the legend shows the intervals
+    assert (report / "importance.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_ctrl_c_lets_the_running_trial_finish(features: Path) -> None:
+    import signal
+
+    from stage2_boost.tune import open_study, run_study
+
+    study = open_study(
+        open_storage(f"sqlite:///{features / 'optuna.db'}"), "data.lgbm.interrupt", 0
+    )
+    calls = []
+
+    def objective(trial: optuna.Trial) -> float:
+        calls.append(trial.number)
+        if trial.number == 1:
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C in the middle of a trial
+        return trial.suggest_float("x", 0, 1)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_study(study, objective, n_trials=10, timeout=None)
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    assert calls == [0, 1] and states == [optuna.trial.TrialState.COMPLETE] * 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_embeddings_from_another_input_are_refused(features: Path) -> None:
     manifest, _ = read_manifest(features)
     write_embedding_file(
