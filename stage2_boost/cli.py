@@ -1,8 +1,10 @@
-"""``python -m stage2_boost {train,inspect,runs}``: the CPU half, rerun in seconds."""
+"""``python -m stage2_boost {train,predict,inspect,runs,postgres,server}``: the CPU half, rerun
+in seconds (``__main__`` hands it to a warm server when one fits)."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -127,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for s in sub.choices.values():
         s.add_argument("-v", "--verbose", action="store_true")
+    sub.add_parser(
+        "server",
+        add_help=False,
+        help="start|stop|status: a warm process that later stage 2 commands use "
+        "(python -m stage2_boost server --help)",
+    )
     return p
 
 
@@ -210,9 +218,20 @@ def _postgres(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, served_by: int | None = None) -> int:
+    """Run one command in this process; ``served_by``: the pid of the warm server that forked it."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["server"]:
+        from .server.cli import main as server_main
+
+        return server_main(argv[1:])
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
+    if served_by is not None:
+        logging.getLogger("stage2_boost").info(
+            "run by the warm stage 2 server (pid %d, libraries already loaded); "
+            "MELANOMA_STAGE2_SERVER=off runs it in a process of its own", served_by,
+        )  # fmt: skip
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -158,6 +158,7 @@ def test_importing_stage2_does_not_import_torch() -> None:
     import sys
 
     code = ("import sys, stage2_boost.train, stage2_boost.__main__, stage2_boost.report, "
-            "stage2_boost.inspect_studies; print('torch' in sys.modules, 'timm' in sys.modules)")  # fmt: skip
+            "stage2_boost.inspect_studies, stage2_boost.server.daemon as d; d.preload(); "
+            "print('torch' in sys.modules, 'timm' in sys.modules)")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False False"
