@@ -154,7 +154,8 @@ def _train_locked(config: Stage2Config, out: Path) -> RunResult:
     feature_set["experts"] = experts
     feature_set["expert_transform"] = config.expert_transform
     _warn_if_too_few_positives(feature_set["n_features"], n_pos_all)
-    storage = open_storage(config.storage_url, config.heartbeat_grace)
+    # the default SQLite file is this run's alone (the folder is locked): no heartbeats needed
+    storage = open_storage(config.storage_url, config.heartbeat_grace, config.storage is not None)
     models = [
         _tune_and_evaluate(name, config, data, tuning, evaluation, storage, feature_set)
         for name in config.models

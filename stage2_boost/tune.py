@@ -35,8 +35,14 @@ def mask_url(url: str) -> str:
     return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
-def open_storage(url: str, grace_seconds: int = GRACE_SECONDS) -> optuna.storages.BaseStorage:
+def open_storage(
+    url: str, grace_seconds: int = GRACE_SECONDS, heartbeat: bool = True
+) -> optuna.storages.BaseStorage:
     """An Optuna storage for any RDB URL; heartbeats let killed trials be marked failed.
+
+    Without ``heartbeat`` (a storage only this process uses: the default SQLite file under the
+    locked output folder, whose interrupted trials ``open_study`` fails at once), no heartbeat
+    thread writes to it during each trial and no stale-trial query runs between trials.
 
     On PostgreSQL, workers that start together would all create Optuna's tables at once (one then
     dies of a unique violation in ``pg_type``): the schema is created under an advisory lock.
@@ -46,11 +52,11 @@ def open_storage(url: str, grace_seconds: int = GRACE_SECONDS) -> optuna.storage
     trials are read from the database once per run rather than once per Study object (loading,
     resuming, sampling: three reads of every trial so far, ~0.1 s per 200 trials on SQLite)."""
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    heartbeat = max(1, grace_seconds // 3)
+    interval = max(1, grace_seconds // 3) if heartbeat else None
     try:
         with schema_lock(url):
             storage = optuna.storages.RDBStorage(
-                url, heartbeat_interval=heartbeat, grace_period=grace_seconds,
+                url, heartbeat_interval=interval, grace_period=grace_seconds if heartbeat else None,
                 engine_kwargs={"pool_pre_ping": True},
             )  # fmt: skip
     except Exception as err:  # SQLAlchemy/driver errors: the message may embed the URL
@@ -229,8 +235,12 @@ def run_study(study: optuna.Study, objective: Any, n_trials: int, timeout: float
     if n_trials <= 0:
         return
 
+    best = _best_value(study)  # then kept up to date here: no storage read per logged trial
+
     def log_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        best = _best_value(study)
+        nonlocal best
+        if trial.state == optuna.trial.TrialState.COMPLETE and trial.value is not None:
+            best = trial.value if best is None else max(best, trial.value)
         if trial.state == optuna.trial.TrialState.PRUNED and "pruned" in trial.user_attrs:
             outcome = f"pruned {trial.user_attrs['pruned']}"
         else:
