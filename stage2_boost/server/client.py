@@ -163,11 +163,11 @@ def start_in_background(environ: Mapping[str, str]) -> None:
     """Start a server for the next run (this one ran here) and say so, once. ``environ``: this
     process's environment before the run (its imports add variables of their own)."""
     try:
+        idle = protocol.idle_seconds()
         pid, _ = start_server(environ=environ)
-    except (OSError, ServerUnavailable) as err:
+    except (OSError, ValueError, ServerUnavailable) as err:
         print(f"note: could not start a warm stage 2 server: {err}", file=sys.stderr)
         return
-    idle = protocol.idle_seconds()
     print(
         f"note: started a warm stage 2 server in the background (pid {pid}): the next stage 2 "
         f"runs here skip the library imports. It stops after {idle / 60:.0f} idle minutes; "
