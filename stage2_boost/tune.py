@@ -235,11 +235,16 @@ def run_study(study: optuna.Study, objective: Any, n_trials: int, timeout: float
     if n_trials <= 0:
         return
 
-    best = _best_value(study)  # then kept up to date here: no storage read per logged trial
+    # kept up to date here, with no storage read per logged trial, unless other workers may be
+    # adding trials to the study (a database server)
+    shared = not storage_url(study._storage).startswith("sqlite")
+    best = _best_value(study)
 
     def log_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         nonlocal best
-        if trial.state == optuna.trial.TrialState.COMPLETE and trial.value is not None:
+        if shared:
+            best = _best_value(study)
+        elif trial.state == optuna.trial.TrialState.COMPLETE and trial.value is not None:
             best = trial.value if best is None else max(best, trial.value)
         if trial.state == optuna.trial.TrialState.PRUNED and "pruned" in trial.user_attrs:
             outcome = f"pruned {trial.user_attrs['pruned']}"
