@@ -137,6 +137,7 @@ class Server:
         self.stopping = False
         self.last_active = time.monotonic()
         self.served = 0
+        self._pipe = (-1, -1)  # the wake-up pipe, made by loop()
 
     def loop(self) -> None:
         wake_read, wake_write = os.pipe()
@@ -211,12 +212,18 @@ class Server:
             return
         if "ping" in request:
             self._reply_and_close(conn, {"pong": os.getpid()})
-        elif request.get("key") != self.key or len(fds) != 3 or self.stopping or _hung_up(conn):
+        elif not self._acceptable(request, fds) or self.stopping or _hung_up(conn):
             for fd in fds:
                 os.close(fd)  # a caller that gave up waiting runs the command itself
             self._reply_and_close(conn, {"refused": "stopping or another fingerprint"})
         else:
             self._start_run(conn, request, fds)
+
+    def _acceptable(self, request: dict[str, Any], fds: list[int]) -> bool:
+        """A run request of this fingerprint with the caller's three standard streams."""
+        fields = {"argv": list, "cwd": str, "env": dict, "umask": int, "stdio": list}
+        well_formed = all(isinstance(request.get(k), t) for k, t in fields.items())
+        return well_formed and request.get("key") == self.key and len(fds) == 3
 
     def _reply_and_close(self, conn: socket.socket, message: dict[str, Any]) -> None:
         with contextlib.suppress(OSError):

@@ -296,6 +296,13 @@ def receive_first(sock: socket.socket, max_fds: int) -> tuple[dict[str, Any], li
             for fd in fds:
                 os.close(fd)
             raise ConnectionError("closed before a whole message arrived")
-        messages = reader.feed(data)
+        try:
+            messages = reader.feed(data)
+            if messages and not isinstance(messages[0], dict):
+                raise ValueError(f"not a message: {messages[0]!r:.80}")
+        except ValueError:
+            for fd in fds:
+                os.close(fd)
+            raise
         if messages:
             return messages[0], fds

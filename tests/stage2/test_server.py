@@ -163,6 +163,23 @@ def test_served_errors_keep_their_message_and_exit_code(tmp_path: Path, server_d
     assert _log(server_dir).count("exited 2") == 2
 
 
+def test_malformed_requests_are_refused_and_the_server_goes_on(
+    tmp_path: Path, server_dir: Path
+) -> None:
+    import socket
+
+    _start(server_dir)
+    (address,) = server_dir.glob("*.sock")
+    for message in (b"\x00\x00\x00\x02[]", protocol.encode({"argv": "train"}), b"\xff" * 8):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(str(address))
+            sock.sendall(message)
+            sock.settimeout(10)
+            assert b"started" not in sock.recv(4096)
+    served = _stage2(server_dir, ["train", "--features", str(tmp_path)])
+    assert SERVED in served.stderr and "No stage 1 manifest" in served.stderr
+
+
 def test_other_environments_and_off_run_in_their_own_process(
     tmp_path: Path, server_dir: Path
 ) -> None:
