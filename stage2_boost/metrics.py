@@ -28,36 +28,43 @@ def bootstrap_auc_ci(
         [np.bincount(rng.integers(0, n_patients, n_patients), minlength=n_patients)
          for _ in range(n_boot)]
     )  # fmt: skip
-    values = weighted_aucs(np.asarray(target, bool), np.asarray(score, np.float64), draws[:, codes])
+    values = weighted_aucs(np.asarray(target, bool), np.asarray(score, np.float64), draws, codes)
     values = values[~np.isnan(values)]
     low, high = np.percentile(values, [2.5, 97.5])
     return float(low), float(high)
 
 
-def weighted_aucs(target: np.ndarray, score: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """ROC AUC of one scoring under each row of ``weights`` (replicates x rows); NaN where a
-    replicate has no positive or no negative weight.
+def weighted_aucs(
+    target: np.ndarray, score: np.ndarray, weights: np.ndarray, groups: np.ndarray | None = None
+) -> np.ndarray:
+    """ROC AUC of one scoring under each row of ``weights``; NaN where a replicate has no
+    positive or no negative weight. ``weights``: replicates x rows; or, with ``groups`` (a group
+    index per row), replicates x groups, row i weighing ``weights[:, groups[i]]`` (a patient
+    bootstrap's multiplicities, expanded to rows one chunk of replicates at a time).
 
     AUC = sum over positives i of w_i * (N below s_i + N tied with s_i / 2) / (P_total * N_total),
     with N the summed negative weights: the negatives are sorted once, each replicate's negative
-    weights summed cumulatively, and every positive looks its two positions up (exact integer
-    sums; equal to scikit-learn's weighted ``roc_auc_score``)."""
+    weights summed cumulatively (exact for integer weights), and every positive looks its two
+    positions up. Equal to scikit-learn's weighted ``roc_auc_score``."""
+    groups = np.arange(len(score)) if groups is None else np.asarray(groups)
     negatives = np.flatnonzero(~target)
     negatives = negatives[np.argsort(score[negatives], kind="stable")]
     positives = np.flatnonzero(target)
     neg_scores, pos_scores = score[negatives], score[positives]
     below = np.searchsorted(neg_scores, pos_scores, side="left")
     up_to = np.searchsorted(neg_scores, pos_scores, side="right")
+    neg_groups, pos_groups = groups[negatives], groups[positives]
+    sums = np.int64 if np.issubdtype(weights.dtype, np.integer) else np.float64
     out = np.empty(len(weights))
     step = max(1, _CHUNK_CELLS // max(1, len(score)))
     for begin in range(0, len(weights), step):
         w = weights[begin : begin + step]
-        cumulative = np.zeros((len(w), len(negatives) + 1))
-        np.cumsum(w[:, negatives], axis=1, out=cumulative[:, 1:])
-        pos = w[:, positives]
-        under = cumulative[:, below]
+        cumulative = np.zeros((len(w), len(negatives) + 1), sums)
+        np.cumsum(w[:, neg_groups], axis=1, out=cumulative[:, 1:])
+        pos = w[:, pos_groups].astype(np.float64)
+        under = cumulative[:, below].astype(np.float64)
         tied = cumulative[:, up_to] - under
-        total_pos, total_neg = pos.sum(axis=1), cumulative[:, -1]
+        total_pos, total_neg = pos.sum(axis=1), cumulative[:, -1].astype(np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
             area = (pos * (under + tied / 2)).sum(axis=1) / (total_pos * total_neg)
         area[(total_pos == 0) | (total_neg == 0)] = np.nan

@@ -33,7 +33,10 @@ class Platt:
 
     @classmethod
     def fit(cls, score_logit: np.ndarray, target: np.ndarray) -> Platt:
-        model = LogisticRegression(C=1e6, max_iter=1000).fit(score_logit[:, None], target)
+        # Newton's method: a handful of steps to the optimum of this one-feature fit (lbfgs
+        # stopped at its tolerance after ~13 slower ones, 1e-3 away in the slope)
+        model = LogisticRegression(C=1e6, max_iter=1000, solver="newton-cholesky")
+        model.fit(score_logit[:, None], target)
         return cls(float(model.coef_[0, 0]), float(model.intercept_[0]))
 
     def __call__(self, score_logit: np.ndarray) -> np.ndarray:

@@ -31,3 +31,17 @@ def test_bootstrap_interval_is_deterministic_and_brackets_the_auc() -> None:
     assert low < roc_auc_score(target, score) < high
     assert (low, high) == bootstrap_auc_ci(target, score, patients, 300, seed=5)
     assert (low, high) != bootstrap_auc_ci(target, score, patients, 300, seed=6)
+
+
+def test_group_weights_equal_the_same_weights_per_row() -> None:
+    rng = np.random.default_rng(2)
+    groups = rng.integers(0, 40, 500)
+    target = rng.random(500) < 0.1
+    score = np.round(rng.normal(size=500) + target, 1)
+    per_group = rng.integers(0, 4, (30, 40))
+    grouped = weighted_aucs(target, score, per_group, groups)
+    assert np.array_equal(
+        grouped, weighted_aucs(target, score, per_group[:, groups]), equal_nan=True
+    )
+    as_float = weighted_aucs(target, score, per_group[:, groups].astype(float))
+    assert np.allclose(grouped, as_float, equal_nan=True, rtol=0, atol=1e-12)
