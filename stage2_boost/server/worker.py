@@ -52,10 +52,13 @@ def run(
 
 
 def _detach(inherited: list[Any]) -> None:
-    """Own session and process group; the server's sockets, pipe and lock closed; default
-    signal handlers (the server's own must not run here)."""
-    os.setsid()
+    """Default signal handlers first (the server's own must not run here), then its own
+    session and process group, and the server's sockets, pipe and lock closed."""
     signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    os.setsid()
     for thing in inherited:
         if thing is None:
             continue
@@ -64,9 +67,6 @@ def _detach(inherited: list[Any]) -> None:
                 os.close(thing)
             elif isinstance(thing, socket.socket | selectors.BaseSelector):
                 thing.close()
-    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
-        signal.signal(sig, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _adopt(request: dict[str, Any], fds: list[int], set_by_imports: dict[str, str]) -> None:
