@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from stage1_embed.errors import MelanomaStackError
+
 MODE_ENV = "MELANOMA_STAGE2_SERVER"  # auto (default) | on | off
 DIR_ENV = "MELANOMA_STAGE2_SERVER_DIR"  # where the sockets, status files and logs live
 IDLE_ENV = "MELANOMA_STAGE2_SERVER_IDLE"  # seconds without runs before a server stops
@@ -40,9 +42,9 @@ MAX_MESSAGE = 16 * 1024 * 1024
 _SOCKET_PATH_MAX = 100  # sun_path holds 108 bytes on Linux, 104 on macOS
 
 
-class ServerUnavailable(Exception):
-    """No server can take this command; the reason is for the debug log, and the command runs in
-    the caller's process. Never shown to users as an error."""
+class ServerUnavailable(MelanomaStackError):
+    """No server can take this command. A stage 2 command then simply runs in its own process
+    (no message); ``server start`` reports the reason (e.g. a folder others can write to)."""
 
 
 def mode() -> str:
