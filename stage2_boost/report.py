@@ -70,7 +70,6 @@ class FigureCache:
             self.entries: dict[str, dict[str, str]] = json.loads(self.path.read_text())
         except (OSError, ValueError):
             self.entries = {}
-        self.drawn: list[str] = []
 
     def draw(self, name: str, plot: Callable[..., plt.Figure], *inputs: Any) -> None:
         key = _digest(name, _PLOT_CODE, matplotlib.__version__, *inputs)
@@ -80,7 +79,6 @@ class FigureCache:
             return
         _save(target, plot(*inputs))
         self.entries[name] = {"key": key, "sha256": _sha256(target)}
-        self.drawn.append(name)
 
     def save_manifest(self) -> None:
         atomic_write_text(self.path, json.dumps(self.entries, indent=1, sort_keys=True))

@@ -71,6 +71,11 @@ def storage_url(storage: optuna.storages.BaseStorage) -> str:
     return str(getattr(backend, "url", ""))
 
 
+def is_shared(storage: optuna.storages.BaseStorage) -> bool:
+    """Whether other workers may use the storage at the same time (a database server)."""
+    return not storage_url(storage).startswith("sqlite")
+
+
 @contextmanager
 def schema_lock(url: str) -> Iterator[None]:
     """Hold a PostgreSQL advisory lock for the block (a no-op for other databases)."""
@@ -151,7 +156,7 @@ def open_study(
     ``prune_rounds`` its first ``ROUND_WARMUP`` rounds, are never judged).
     """
     url = storage_url(storage)
-    shared = not url.startswith("sqlite")
+    shared = is_shared(storage)
     with schema_lock(url):  # concurrent creators of one study wait for each other
         try:
             existing = optuna.load_study(study_name=name, storage=storage)
@@ -237,7 +242,7 @@ def run_study(study: optuna.Study, objective: Any, n_trials: int, timeout: float
 
     # kept up to date here, with no storage read per logged trial, unless other workers may be
     # adding trials to the study (a database server)
-    shared = not storage_url(study._storage).startswith("sqlite")
+    shared = is_shared(study._storage)
     best = _best_value(study)
 
     def log_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:

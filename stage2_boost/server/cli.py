@@ -8,7 +8,6 @@ import os
 import signal
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from . import protocol
@@ -73,10 +72,15 @@ def _stop() -> int:
     for status in servers:
         with contextlib.suppress(ProcessLookupError):
             os.kill(status["pid"], signal.SIGTERM)
+    folder = protocol.server_dir()
+
+    def running() -> list[int]:  # a server holds its lock until it has exited
+        return [s["pid"] for s in servers if protocol.is_serving(folder, s["key"])]
+
     deadline = time.monotonic() + _STOP_WAIT_S
-    while time.monotonic() < deadline and any(_alive(s["pid"]) for s in servers):
+    while time.monotonic() < deadline and running():
         time.sleep(0.1)
-    left = [s["pid"] for s in servers if _alive(s["pid"])]
+    left = running()
     stopped = len(servers) - len(left)
     print(
         f"stopped {stopped} stage 2 server(s)" + (f"; still finishing runs: {left}" if left else "")
@@ -85,14 +89,14 @@ def _stop() -> int:
 
 
 def _status() -> int:
-    key = protocol.fingerprint()
+    key, folder = protocol.fingerprint(), protocol.server_dir()
     servers = _servers()
     if not servers:
-        print(f"no stage 2 server is running (folder {protocol.server_dir()})")
+        print(f"no stage 2 server is running (folder {folder})")
     for s in servers:
         fits = "serves this environment" if s["key"] == key else "another environment or source"
         print(f"pid {s['pid']}: since {s['started']}, stops after {s['idle_s']:.0f} idle s; "
-              f"{fits}; log {Path(s['socket']).with_suffix('.log')}")  # fmt: skip
+              f"{fits}; log {protocol.log_path(folder, s['key'])}")  # fmt: skip
     return 0
 
 
@@ -103,18 +107,3 @@ def _servers() -> list[dict[str, Any]]:
         return []
     protocol.ensure_private_dir(folder)
     return protocol.read_statuses(folder)
-
-
-def _alive(pid: int) -> bool:
-    """Running (a zombie, exited but not yet reaped by whoever started it, is not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state != "Z"

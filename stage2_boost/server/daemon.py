@@ -31,6 +31,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from stage1_embed.atomic import atomic_write_text
+
 from . import protocol, worker
 
 PRELOAD = ("stage2_boost.cli", "stage2_boost.train", "stage2_boost.report",
@@ -58,8 +60,7 @@ def serve(key: str, idle_s: float) -> int:
         _log(f"pid {os.getpid()}: preloaded in {time.monotonic() - started:.1f} s "
              f"({threading.active_count()} Python thread(s), {_os_threads()} OS threads); "
              f"listening on {address}")  # fmt: skip
-        _write_status(status, key, address, idle_s)
-        _retire_stale_servers(folder)
+        _retire_stale_servers(folder, _write_status(status, key, address, idle_s))
         _remove_old_files(folder)
         try:
             listening = Listener(listener, address, inode)
@@ -369,25 +370,23 @@ def _listen(address: Path) -> Iterator[tuple[socket.socket, int]]:
         tmp.unlink(missing_ok=True)
 
 
-def _write_status(path: Path, key: str, address: Path, idle_s: float) -> None:
+def _write_status(path: Path, key: str, address: Path, idle_s: float) -> dict[str, Any]:
     status = {"pid": os.getpid(), "key": key, "socket": str(address), "idle_s": idle_s,
               "started": time.strftime("%Y-%m-%d %H:%M:%S"), "python": sys.executable,
               "packages": protocol.package_roots(), "code": protocol.code_digest()}  # fmt: skip
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(status, indent=2))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(status, indent=2))
+    return status
 
 
-def _retire_stale_servers(folder: Path) -> None:
-    """Stop the servers of this interpreter and project whose code (source files, installed
-    packages) is not what is on disk any more: no caller can match them again. Servers of other
-    environments (e.g. other OpenMP settings) with today's code stay."""
-    mine = [sys.executable, protocol.package_roots()]
-    code = protocol.code_digest()
+def _retire_stale_servers(folder: Path, mine: dict[str, Any]) -> None:
+    """Stop the servers of this interpreter and project (``mine``: this server's status) whose
+    code (source files, installed packages) is not what is on disk any more: no caller can match
+    them again. Servers of other environments (e.g. other OpenMP settings) with today's code
+    stay."""
     for other in protocol.read_statuses(folder):
         pid = int(other["pid"])
-        same_project = [other.get("python"), other.get("packages")] == mine
-        if pid != os.getpid() and same_project and other.get("code") != code:
+        same_project = all(other.get(k) == mine[k] for k in ("python", "packages"))
+        if pid != os.getpid() and same_project and other.get("code") != mine["code"]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
             _log(f"stopped server {pid}: its code is out of date")
