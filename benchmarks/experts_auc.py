@@ -28,8 +28,8 @@ from benchmarks.extra_data_auc import BACKBONES
 from stage1_embed.config import Stage1Config
 from stage1_embed.experts.recipe import default_recipe
 from stage1_embed.experts.stage import ExpertConfig, expert_path, run_experts
-from stage1_embed.extra import extra_features_dir
 from stage1_embed.pipeline import run_stage1
+from stage1_embed.schema import extra_features_dir
 from stage2_boost.config import Stage2Config
 from stage2_boost.metrics import bootstrap_auc_ci
 from stage2_boost.train import run_training

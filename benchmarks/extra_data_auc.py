@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import HAM, WEIGHTS, isic_jpeg_layout, machine, require_shared
 from stage1_embed.config import Stage1Config
-from stage1_embed.extra import extra_features_dir
 from stage1_embed.pipeline import run_stage1
+from stage1_embed.schema import extra_features_dir
 from stage2_boost.config import Stage2Config
 from stage2_boost.train import run_training
 

@@ -27,10 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import machine
 from benchmarks.stage2_trial_cost import real_metadata, with_synthetic_embeddings
+from stage1_embed.folds import EVAL_SEED_OFFSET, make_folds
 from stage2_boost.boosters import create_booster
 from stage2_boost.cv import cross_validate, oof_rows, prepare_folds
 from stage2_boost.features import create_feature_groups
-from stage2_boost.folds import EVAL_SEED_OFFSET, make_folds
 from stage2_boost.metrics import auc, bootstrap_auc_ci
 from stage2_boost.tune import best_choice, make_objective, open_study, run_study
 

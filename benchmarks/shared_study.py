@@ -25,9 +25,10 @@ import optuna
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from stage2_boost.pgserver import start_server, stop_server
+
 from benchmarks.common import REPO, machine
 from stage2_boost.boosters import create_booster
-from stage2_boost.pgserver import start_server, stop_server
 from stage2_boost.tune import open_storage, open_study
 
 WORKER_ARGS = ["--models", "lgbm", "--no-report", "--bootstrap", "200"]

@@ -21,12 +21,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import ISIC, machine, require_shared
 from stage1_embed.config import Stage1Config
+from stage1_embed.folds import make_folds
 from stage1_embed.pipeline import run_stage1
 from stage2_boost.boosters import LightGBMAdapter
 from stage2_boost.cv import prepare_folds
 from stage2_boost.data import load_stage_data
 from stage2_boost.features import create_feature_groups
-from stage2_boost.folds import make_folds
 from stage2_boost.tune import make_objective
 
 

@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .backbones import DEFAULT_BACKBONES, HUB_PRESET, SPEC_FORMS
-from .cli_common import run_cli, setup_logging
+from .common import run_cli, setup_logging
 from .config import DEFAULT_DATA_DIR, DEFAULT_OUT_DIR, Stage1Config
 from .errors import ConfigError
 from .extract import TTA_VIEWS

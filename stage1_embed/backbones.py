@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, WeightsError
+from .schema import backbone_slug
 from .weights import ResolvedWeights, file_weights, local_dir_weights, resolve_hub_weights
 
 DEFAULT_BACKBONES = ("tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2")
@@ -35,9 +35,7 @@ class BackboneSpec:
 
     @property
     def slug(self) -> str:
-        base = self.path.name if self.form == "local-dir" and self.path else self.name
-        base = base.split("/")[-1].split("@")[0]
-        return re.sub(r"[^a-z0-9]+", "_", base.lower()).strip("_")
+        return backbone_slug(self.text)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageFilter
 
-from .atomic import atomic_write_text
+from .common import atomic_write_text
 from .kaggle_layout import FORMATS, encode_jpeg, write_kaggle_dataset
 
 logger = logging.getLogger(__name__)

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .atomic import atomic_path, atomic_write_text
 from .backbones import Backbone
+from .common import atomic_path, atomic_write_text
 from .extract import Embedder, _view
 from .weights import cache_dir
 

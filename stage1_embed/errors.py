@@ -1,21 +1,11 @@
-"""One exception hierarchy for both stages.
-
-Every error a user can cause derives from :class:`MelanomaStackError`. The CLIs print its message
-(one paragraph: what is wrong, where, and how to fix it) and exit non-zero; anything else is a bug
-and keeps its traceback.
-"""
+"""Stage 1's errors, in the project's one exception hierarchy (its base is in ``common``)."""
 
 from __future__ import annotations
 
+from .common import ConfigError, MelanomaStackError, OutputError
 
-class MelanomaStackError(Exception):
-    """Base class of every user-facing error; ``exit_code`` is what the CLI returns."""
-
-    exit_code = 2
-
-
-class ConfigError(MelanomaStackError):
-    """A flag, backbone spec, storage URL or other setting is invalid."""
+__all__ = ["ConfigError", "ContractError", "DataError", "ImageReadError", "MelanomaStackError",
+           "OutputError", "WeightsError"]  # fmt: skip
 
 
 class DataError(MelanomaStackError):
@@ -32,15 +22,3 @@ class WeightsError(MelanomaStackError):
 
 class ContractError(MelanomaStackError):
     """Stage 1 outputs are missing, stale or inconsistent with what stage 2 expects."""
-
-
-class OutputError(MelanomaStackError):
-    """An output folder cannot be written, or is locked by another run."""
-
-
-class TrainingError(MelanomaStackError):
-    """The training data cannot support the requested cross-validation."""
-
-
-class ModelError(MelanomaStackError):
-    """A saved model folder is missing, damaged, tampered with, or from another schema."""

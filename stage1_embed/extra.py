@@ -18,7 +18,6 @@ no lesion straddles an inner split and no id collides with another source.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,10 +26,10 @@ import pandas as pd
 
 from .errors import ConfigError, DataError
 from .metadata import _rows, normalise_table, read_split_csv
+from .schema import source_name
 
 logger = logging.getLogger(__name__)
 
-EXTRA_DIR = "extra"  # OUT/extra/<name>/ holds an extra dataset's stage 1 outputs
 NORMALISED_CSV = "extra_train.csv"  # the normalised rows stage 1 embedded, beside its manifest
 ISIC2019_GROUND_TRUTH = "ISIC_2019_Training_GroundTruth.csv"
 ISIC2019_METADATA = "ISIC_2019_Training_Metadata.csv"
@@ -72,11 +71,6 @@ class ExtraDataset:
         return nested if nested.is_dir() else folder
 
 
-def source_name(root: Path) -> str:
-    """A file-system-safe source name from the dataset folder's name."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(root).resolve().name).strip("-") or "extra"
-
-
 def detect_extra(root: Path) -> ExtraDataset:
     """The layout of an ``--extra-data`` folder, or a DataError saying what was expected."""
     root = Path(root)
@@ -90,11 +84,6 @@ def detect_extra(root: Path) -> ExtraDataset:
         f"--extra-data {root}: neither a Kaggle-layout folder (train.csv + images) nor the ISIC "
         f"2019 layout ({ISIC2019_GROUND_TRUTH}, {ISIC2019_METADATA}, {ISIC2019_IMAGES}/)."
     )
-
-
-def extra_features_dir(features_dir: Path, extra: Path) -> Path:
-    """Where stage 1 writes (and stage 2 reads) the outputs of one extra dataset."""
-    return Path(features_dir) / EXTRA_DIR / source_name(extra)
 
 
 def read_extra_table(extra: ExtraDataset) -> pd.DataFrame:

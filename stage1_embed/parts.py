@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .atomic import atomic_path
+from .common import atomic_path
 from .schema import METADATA_KEY, embedding_schema, read_provenance, with_provenance
 
 Failure = tuple[str, str, str]  # (split, image_name, error)

@@ -11,9 +11,9 @@ from pathlib import Path
 import pandas as pd
 from filelock import FileLock, Timeout
 
-from .atomic import atomic_path, atomic_write_text
 from .backbones import Backbone, BackboneSpec, create_backbone, parse_backbone_spec
 from .batch_decode import resolve_decode
+from .common import atomic_path, atomic_write_text, file_sha256
 from .config import Stage1Config
 from .engines import resolve_engine
 from .errors import DataError, OutputError, WeightsError
@@ -21,14 +21,13 @@ from .extra import (
     NORMALISED_CSV,
     check_unique_sources,
     detect_extra,
-    extra_features_dir,
     read_extra_table,
     resolve_duplicates,
 )
 from .metadata import load_metadata
 from .runner import BackboneResult, EmbedSettings, backbone_provenance, embed_backbone, jsonable
 from .scan import ScanResult, metadata_only_manifest, scan_dataset
-from .schema import embeddings_path, input_fingerprint, write_manifest
+from .schema import embeddings_path, extra_features_dir, input_fingerprint, write_manifest
 from .scoring import (
     ModelBackbone,
     check_same_backbone,
@@ -38,7 +37,6 @@ from .scoring import (
 )
 from .shards import ShardPlan
 from .sources import create_source
-from .weights import file_sha256
 
 logger = logging.getLogger(__name__)
 _LISTED = 10

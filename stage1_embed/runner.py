@@ -18,6 +18,7 @@ import torch
 
 from .backbones import Backbone
 from .batch_decode import BatchDecoder, RawDataset, collate_raw
+from .common import library_versions
 from .cpu_pipeline import cpu_threads, embed_batch, embedded_in_threads
 from .engines import make_embedder
 from .extract import Batch, ImageDataset, make_loader, plan_batches
@@ -28,7 +29,6 @@ from .schema import (
     EMBEDDINGS_DIR,
     SCHEMA_VERSION,
     embeddings_path,
-    library_versions,
     read_provenance,
 )
 from .sources import ImageRef, ImageSource

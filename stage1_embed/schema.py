@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,12 +18,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .atomic import atomic_path
+from .common import atomic_path
 from .errors import ContractError
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.parquet"
 EMBEDDINGS_DIR = "embeddings"
+EXTRA_DIR = "extra"  # OUT/extra/<name>/ holds an extra dataset's stage 1 outputs
 METADATA_KEY = b"melanoma_stack"
 # Rows stage 2 may use: images that were read, or every row of a metadata-only run.
 USABLE_STATUSES = ("ok", "not_read")
@@ -66,17 +68,27 @@ def input_fingerprint(manifest: pd.DataFrame) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def library_versions(names: tuple[str, ...]) -> dict[str, str]:
-    """Installed versions of ``names`` ('not installed' when absent), for provenance."""
-    from importlib import metadata
+def backbone_slug(spec: str) -> str:
+    """The name a backbone spec's outputs go by: its embedding file and stage 2's column prefix
+    (``local-dir:/w/tf_efficientnet_lite0`` -> ``tf_efficientnet_lite0``)."""
+    if spec.startswith("local-dir:"):
+        base = Path(spec.removeprefix("local-dir:")).name
+    elif spec.startswith("hf-hub:"):
+        base = spec.removeprefix("hf-hub:")
+    else:
+        base = spec.partition("@")[0]
+    base = base.split("/")[-1].split("@")[0]
+    return re.sub(r"[^a-z0-9]+", "_", base.lower()).strip("_")
 
-    found = {}
-    for name in names:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = "not installed"
-    return found
+
+def source_name(root: Path) -> str:
+    """A file-system-safe source name from a dataset folder's name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(root).resolve().name).strip("-") or "extra"
+
+
+def extra_features_dir(features_dir: Path, extra: Path) -> Path:
+    """Where stage 1 writes (and stage 2 reads) the outputs of one extra dataset."""
+    return Path(features_dir) / EXTRA_DIR / source_name(extra)
 
 
 def embeddings_path(features_dir: Path, slug: str) -> Path:

@@ -15,7 +15,7 @@ from typing import Any
 
 from filelock import FileLock
 
-from .atomic import atomic_write_text
+from .common import atomic_write_text
 from .errors import ConfigError
 from .schema import EMBEDDINGS_DIR
 

@@ -4,7 +4,6 @@ that ship weights, then the timm hub. Random initialisation only when explicitly
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -14,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_path, atomic_write_text
+from .common import atomic_path, atomic_write_text, file_sha256
 from .errors import WeightsError
 
 logger = logging.getLogger(__name__)
@@ -56,14 +55,6 @@ def cache_dir() -> Path:
     """Where converted weights are cached ($MELANOMA_STACK_CACHE or ~/.cache/melanoma-stack)."""
     base = os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "melanoma-stack"
     return Path(base) / "weights"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def local_dir_weights(folder: Path, source: str = "local-dir") -> ResolvedWeights:

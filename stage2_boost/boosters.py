@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
+from .config import MODELS
 from .errors import ConfigError
 
 N_THREADS = os.cpu_count() or 1
@@ -325,6 +326,7 @@ def resolve_device(requested: str) -> str:
 
 
 BOOSTERS: dict[str, type[BoosterAdapter]] = {"lgbm": LightGBMAdapter, "xgb": XGBoostAdapter}
+assert tuple(BOOSTERS) == MODELS  # the light list the CLI and the config check names against
 
 
 def create_booster(name: str, **kwargs: Any) -> BoosterAdapter:

@@ -1,18 +1,17 @@
-"""``python -m stage2_boost {train,predict,inspect,runs,postgres,server}``: the CPU half, rerun
-in seconds (``__main__`` hands it to a warm server when one fits)."""
+"""``python -m stage2_boost {train,predict,inspect,runs}``: the CPU half, rerun in seconds.
+
+The parser imports nothing heavy: ``--help``, ``runs`` and ``inspect`` never load LightGBM,
+XGBoost or torch (``runs`` not Optuna either); each command imports what it uses."""
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
-from stage1_embed.cli_common import run_cli, setup_logging
+from stage1_embed.common import run_cli, setup_logging
 
-from .boosters import BOOSTERS
-from .config import PRUNE_ROUNDS, SEARCH_BINS
-from .features import GROUPS
+from .config import GROUPS, MODELS, PRUNE_ROUNDS, SEARCH_BINS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,9 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="PCA components per backbone (default: from the malignant count, 4-32)",
     )
-    t.add_argument(
-        "--models", default="lgbm,xgb", help=f"comma-separated from {','.join(BOOSTERS)}"
-    )
+    t.add_argument("--models", default="lgbm,xgb", help=f"comma-separated from {','.join(MODELS)}")
     t.add_argument("--folds", type=int, default=5)
     t.add_argument("--seed", type=int, default=42)
     t.add_argument("--trials", type=int, default=20, help="trials added to each study this run")
@@ -118,23 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pr.add_argument("--explain", action="store_true",
                     help="add each image's top contributions by feature group (TreeSHAP)")  # fmt: skip
-    pg = sub.add_parser("postgres", help="start/stop a local PostgreSQL server for shared studies")
-    pg.add_argument("action", choices=["start", "stop"])
-    pg.add_argument("--dir", type=Path, required=True, help="folder of the server's data")
-    pg.add_argument("--port", type=int, help="TCP port (default: a free one)")
-    pg.add_argument(
-        "--listen",
-        default="127.0.0.1",
-        help="address to listen on (default 127.0.0.1; '*' lets other machines connect)",
-    )
     for s in sub.choices.values():
         s.add_argument("-v", "--verbose", action="store_true")
-    sub.add_parser(
-        "server",
-        add_help=False,
-        help="start|stop|status: a warm process that later stage 2 commands use "
-        "(python -m stage2_boost server --help)",
-    )
     return p
 
 
@@ -144,9 +126,9 @@ def _split(text: str | None) -> tuple[str, ...] | None:
 
 def _expert_slugs(text: str | None) -> tuple[str, ...]:
     """Specs as run_all.sh passes them (e.g. local-dir:/w/tf_efficientnet_lite0) or bare slugs."""
-    from stage1_embed.backbones import parse_backbone_spec
+    from stage1_embed.schema import backbone_slug
 
-    return tuple(parse_backbone_spec(s).slug for s in _split(text) or ())
+    return tuple(backbone_slug(s) for s in _split(text) or ())
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -204,37 +186,10 @@ def format_run_summary(metrics: dict, out: Path) -> str:
     return "\n".join(lines)
 
 
-def _postgres(args: argparse.Namespace) -> int:
-    from .pgserver import URL_FILE, start_server, stop_server
-
-    if args.action == "stop":
-        stop_server(args.dir)
-        print(f"stopped the PostgreSQL server of {args.dir}")
-        return 0
-    server = start_server(args.dir, args.port, args.listen)
-    print(server.url())
-    print(f"(also in {args.dir / URL_FILE}; stop it with: python -m stage2_boost postgres stop "
-          f"--dir {args.dir})", file=sys.stderr)  # fmt: skip
-    return 0
-
-
-def main(argv: list[str] | None = None, served_by: int | None = None) -> int:
-    """Run one command in this process; ``served_by``: the pid of the warm server that forked it."""
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["server"]:
-        from .server.cli import main as server_main
-
-        return server_main(argv[1:])
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; the exit code: 0, 2 for a user error (one paragraph), 130 on Ctrl-C."""
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     setup_logging(args.verbose)
-    if served_by is not None:
-        logging.getLogger("stage2_boost").info(
-            "run by the warm stage 2 server (pid %d, libraries already loaded); "
-            "MELANOMA_STAGE2_SERVER=off runs it in a process of its own", served_by,
-        )  # fmt: skip
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     def _main() -> int:
         if args.command == "train":
@@ -246,8 +201,6 @@ def main(argv: list[str] | None = None, served_by: int | None = None) -> int:
                                   args.split, args.explain)  # fmt: skip
             print(format_predict_summary(summary))
             return 0
-        if args.command == "postgres":
-            return _postgres(args)
         if args.command == "inspect":
             from .inspect_studies import inspect_command
 

@@ -1,4 +1,6 @@
-"""Stage 2 settings: one frozen dataclass, defaults in code, CLI flags override them."""
+"""Stage 2 settings: one frozen dataclass, defaults in code, CLI flags override them.
+
+Light on purpose (no pandas, scikit-learn or boosters): the CLI's parser and ``--help`` use it."""
 
 from __future__ import annotations
 
@@ -6,9 +8,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .boosters import BOOSTERS
 from .errors import ConfigError
-from .features import GROUPS
+
+MODELS = ("lgbm", "xgb")  # the booster adapters (boosters.BOOSTERS)
+GROUPS = ("metadata", "patient", "embedding", "probe", "ugly-duckling", "acquisition", "source",
+          "expert")  # fmt: skip
+DEFAULT_GROUPS = ("metadata", "patient", "embedding", "probe", "ugly-duckling")
+IMAGE_GROUPS = frozenset({"embedding", "probe", "ugly-duckling"})
 
 SEARCH_BINS = 63
 PRUNE_ROUNDS = True
@@ -51,9 +57,9 @@ class Stage2Config:
     def __post_init__(self) -> None:
         if self.reduction not in ("pca", "raw"):
             raise ConfigError(f"--reduction {self.reduction!r}: use pca or raw.")
-        unknown = [m for m in self.models if m not in BOOSTERS]
+        unknown = [m for m in self.models if m not in MODELS]
         if unknown or not self.models:
-            raise ConfigError(f"--models {list(self.models)}: choose from {','.join(BOOSTERS)}.")
+            raise ConfigError(f"--models {list(self.models)}: choose from {','.join(MODELS)}.")
         if self.feature_groups is not None:
             bad = [g for g in self.feature_groups if g not in GROUPS]
             if bad:
@@ -79,8 +85,7 @@ class Stage2Config:
     def extra_features_dirs(self) -> list[Path]:
         """Stage 1 outputs of each extra set: the folder itself if it holds a manifest, else
         FEATURES/extra/<name> (where ``python -m stage1_embed --extra-data`` wrote it)."""
-        from stage1_embed.extra import extra_features_dir
-        from stage1_embed.schema import MANIFEST_FILE
+        from stage1_embed.schema import MANIFEST_FILE, extra_features_dir
 
         found = []
         for folder in self.extra_data:

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from stage1_embed.common import file_sha256
 from stage1_embed.schema import (
     EMBEDDINGS_DIR,
     REBUILD_HINT,
@@ -20,7 +21,6 @@ from stage1_embed.schema import (
     read_manifest,
     read_provenance,
 )
-from stage1_embed.weights import file_sha256
 
 from .errors import ContractError
 

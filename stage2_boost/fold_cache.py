@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stage1_embed.schema import library_versions
+from stage1_embed.common import library_versions
 
 from .cv import FoldMatrices, prepare_folds
 from .data import StageData

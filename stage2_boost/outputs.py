@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stage1_embed.atomic import atomic_path, atomic_write_text
+from stage1_embed.common import atomic_path, atomic_write_text
 
 from .errors import OutputError
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from stage1_embed.schema import library_versions
+from stage1_embed.common import library_versions
 
 from .boosters import BoosterAdapter
 from .cv import CVResult, FoldMatrices, cross_validate

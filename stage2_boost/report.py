@@ -17,7 +17,7 @@ import pandas as pd
 from matplotlib.patches import Patch
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from stage1_embed.atomic import atomic_path, atomic_write_text
+from stage1_embed.common import atomic_path, atomic_write_text
 
 from .data import StageData
 from .features import feature_group_of

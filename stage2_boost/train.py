@@ -14,14 +14,15 @@ import pandas as pd
 from filelock import FileLock, Timeout
 from scipy.special import expit
 
+from stage1_embed.folds import EVAL_SEED_OFFSET, load_or_make_eval_folds, load_or_make_folds
+
 from .boosters import create_booster, resolve_device
-from .config import Stage2Config
+from .config import DEFAULT_GROUPS, IMAGE_GROUPS, Stage2Config
 from .cv import CVResult, FoldMatrices, cross_validate, oof_folds, oof_rows, prepare_folds
 from .data import StageData, load_stage_data
 from .errors import ConfigError, ContractError, OutputError
-from .features import DEFAULT_GROUPS, IMAGE_GROUPS, create_feature_groups
+from .features import create_feature_groups
 from .fold_cache import CACHE_DIR, cached_prepare_folds
-from .folds import EVAL_SEED_OFFSET, load_or_make_eval_folds, load_or_make_folds
 from .metrics import auc, bootstrap_auc_ci
 from .model.calibration import (
     Platt,

@@ -51,6 +51,7 @@ def open_storage(
     RDBStorage for itself: wrapped once here, all the studies of a run share it, so a study's
     trials are read from the database once per run rather than once per Study object (loading,
     resuming, sampling: three reads of every trial so far, ~0.1 s per 200 trials on SQLite)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # trial lines: our own log does it
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     interval = max(1, grace_seconds // 3) if heartbeat else None
     try:
@@ -129,8 +130,8 @@ _DEFAULT_HINT = (
 _HINTS = (
     ("password authentication failed", "Check the user name and password in the URL."),
     ("does not exist", "Create the database first (e.g. createdb), or fix its name in the URL."),
-    ("Connection refused", "No server listens there: start it (python -m stage2_boost postgres "
-     "start --dir DIR prints a working URL) or fix the host and port."),
+    ("Connection refused", "No server listens there: start it (README: Scaling out) or fix the "
+     "host and port."),
     ("could not translate host name", "The host name in the URL is unknown: fix it."),
 )  # fmt: skip
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..cli_common import run_cli, setup_logging
+from ..common import run_cli, setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:

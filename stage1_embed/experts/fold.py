@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from sklearn.metrics import roc_auc_score
 from torch.utils.data import DataLoader
 
-from ..atomic import atomic_path
+from ..common import atomic_path
 from ..extract import _view
 from .images import ImageStore, TrainingSet
 from .recipe import Recipe

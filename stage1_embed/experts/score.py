@@ -19,12 +19,11 @@ import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_file
 
-from ..atomic import atomic_path
 from ..backbones import create_backbone, parse_backbone_spec
+from ..common import atomic_path, file_sha256
 from ..errors import WeightsError
 from ..schema import METADATA_KEY, read_manifest
 from ..sources import create_source
-from ..weights import file_sha256
 from .fold import Classifier, predict
 from .images import ImageStore
 from .recipe import Recipe

@@ -29,11 +29,17 @@ import torch
 from filelock import FileLock
 from safetensors.torch import save_file
 
-from ..atomic import atomic_path
 from ..backbones import Backbone, create_backbone, parse_backbone_spec
+from ..common import atomic_path
 from ..errors import ConfigError, DataError
-from ..extra import extra_features_dir
-from ..schema import METADATA_KEY, USABLE_STATUSES, read_manifest, read_provenance
+from ..folds import load_or_make_eval_folds
+from ..schema import (
+    METADATA_KEY,
+    USABLE_STATUSES,
+    extra_features_dir,
+    read_manifest,
+    read_provenance,
+)
 from ..sources import ImageRef, ImageSource, create_source
 from .fold import Classifier, predict, train_fold
 from .images import ImageStore
@@ -77,8 +83,6 @@ def expert_path(out_dir: Path, slug: str) -> Path:
 
 
 def run_experts(config: ExpertConfig) -> list[ExpertResult]:
-    from stage2_boost.folds import load_or_make_eval_folds  # the one fold file stage 2 scores with
-
     rows = _rows(config)
     primary = rows[~rows["extra"]]
     train = primary[primary["split"] == "train"].reset_index(drop=True)

@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 
 from ..data import StageData
-from ..errors import ConfigError
 from .acquisition import AcquisitionFeatures
 from .base import FeatureGroup
 from .embedding import EmbeddingFeatures
@@ -18,29 +17,6 @@ from .patient import PatientFeatures
 from .probe import LinearProbeFeatures
 from .source import SourceFeatures
 from .ugly_duckling import UglyDucklingFeatures
-
-GROUPS = (
-    "metadata",
-    "patient",
-    "embedding",
-    "probe",
-    "ugly-duckling",
-    "acquisition",
-    "source",
-    "expert",
-)
-DEFAULT_GROUPS = ("metadata", "patient", "embedding", "probe", "ugly-duckling")
-IMAGE_GROUPS = frozenset({"embedding", "probe", "ugly-duckling"})
-
-
-def parse_groups(text: str) -> tuple[str, ...]:
-    names = tuple(dict.fromkeys(g.strip() for g in text.split(",") if g.strip()))
-    unknown = [g for g in names if g not in GROUPS]
-    if unknown or not names:
-        raise ConfigError(
-            f"Unknown feature group(s) {unknown or [text]}; choose from {','.join(GROUPS)}."
-        )
-    return names
 
 
 def create_feature_groups(

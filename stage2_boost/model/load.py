@@ -15,7 +15,7 @@ from typing import Any
 from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
-from stage1_embed.weights import file_sha256
+from stage1_embed.common import file_sha256
 
 from ..boosters import BoosterAdapter, Fitted, create_booster
 from ..errors import ModelError

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from stage1_embed.atomic import atomic_path
+from stage1_embed.common import atomic_path
 from stage1_embed.schema import read_manifest
 
 from ..data import load_stage_data
@@ -38,6 +38,7 @@ class PredictSummary:
     patients_from_csv: bool
     model_run: str
     model_auc: float
+    predictions: pd.DataFrame  # what predictions.csv holds
 
 
 def run_predict(
@@ -86,7 +87,7 @@ def run_predict(
     return PredictSummary(
         out_dir, split, len(ok), len(unreadable), int((ok["patient_images"] == 1).sum()),
         not provenance.get("patients_from_image_names", False), model.manifest["run_id"],
-        float(model.manifest["metrics"]["oof_auc"]),
+        float(model.manifest["metrics"]["oof_auc"]), predictions,
     )  # fmt: skip
 
 

@@ -28,8 +28,7 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import save_file
 
-from stage1_embed.schema import library_versions
-from stage1_embed.weights import file_sha256
+from stage1_embed.common import file_sha256, library_versions
 
 from ..boosters import BoosterAdapter
 from ..cv import FoldMatrices

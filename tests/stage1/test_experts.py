@@ -16,10 +16,10 @@ import pytest
 from stage1_embed.config import Stage1Config
 from stage1_embed.experts.recipe import Recipe
 from stage1_embed.experts.stage import ExpertConfig, _fold_rows, expert_path, run_experts
+from stage1_embed.folds import load_or_make_eval_folds
 from stage1_embed.pipeline import run_stage1
 from stage2_boost.config import Stage2Config
 from stage2_boost.errors import ContractError
-from stage2_boost.folds import load_or_make_eval_folds
 from stage2_boost.train import run_training
 from tests.conftest import REPO, WEIGHTS, require
 from tests.stage2.helpers import FAST

@@ -16,13 +16,12 @@ from stage1_embed.extra import (
     ISIC2019_METADATA,
     SITE_MAP,
     detect_extra,
-    extra_features_dir,
     read_extra_table,
     resolve_duplicates,
 )
 from stage1_embed.metadata import KNOWN_SITES
 from stage1_embed.pipeline import run_stage1
-from stage1_embed.schema import read_embeddings, read_manifest
+from stage1_embed.schema import extra_features_dir, read_embeddings, read_manifest
 from tests.conftest import HAM, ISIC, WEIGHTS, require, tiny_table
 
 EXTRA_CSVS = ISIC / "csv" / "extra"

@@ -9,13 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from stage1_embed.folds import make_folds
 from stage1_embed.schema import read_provenance
 from stage2_boost.config import Stage2Config
 from stage2_boost.cv import prepare_folds
 from stage2_boost.data import load_stage_data
 from stage2_boost.errors import ConfigError, ContractError
 from stage2_boost.features import create_feature_groups
-from stage2_boost.folds import make_folds
 from stage2_boost.outputs import read_runs
 from stage2_boost.train import run_training
 from tests.stage2.helpers import (

@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from stage1_embed.folds import make_folds
 from stage2_boost.boosters import create_booster
 from stage2_boost.cv import cross_validate
 from stage2_boost.data import StageData, load_stage_data
 from stage2_boost.features import create_feature_groups
 from stage2_boost.fold_cache import cached_prepare_folds, fold_cache_key
-from stage2_boost.folds import make_folds
 from stage2_boost.refit_cache import REFITS, cached_refit, refit_key
 
 PARTS = {"groups": ["metadata", "embedding", "probe"], "backbones": ["bb"], "reduction": "pca",

@@ -9,12 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from stage1_embed.errors import DataError
+from stage1_embed.folds import load_or_make_folds, make_folds
+from stage2_boost.config import GROUPS
 from stage2_boost.cv import prepare_folds
 from stage2_boost.data import load_stage_data
-from stage2_boost.errors import TrainingError
-from stage2_boost.features import GROUPS, create_feature_groups, feature_group_of
+from stage2_boost.features import create_feature_groups, feature_group_of
 from stage2_boost.features.ugly_duckling import patient_outlier_stats
-from stage2_boost.folds import load_or_make_folds, make_folds
 from tests.stage2.helpers import make_embeddings, synthetic_manifest, write_stage1
 
 
@@ -51,11 +52,11 @@ def test_folds_are_saved_and_reused(data, tmp_path: Path) -> None:
 
 def test_single_class_and_too_few_positives_are_refused(data) -> None:
     train = train_part(data).copy()
-    with pytest.raises(TrainingError, match="single class"):
+    with pytest.raises(DataError, match="single class"):
         make_folds(train.assign(target=0), 5, 0)
     few = train.assign(target=0)
     few.iloc[:3, few.columns.get_loc("target")] = 1
-    with pytest.raises(TrainingError, match="3 malignant image\\(s\\), fewer than the 5 folds"):
+    with pytest.raises(DataError, match="3 malignant image\\(s\\), fewer than the 5 folds"):
         make_folds(few, 5, 0)
 
 
@@ -158,7 +159,27 @@ def test_importing_stage2_does_not_import_torch() -> None:
     import sys
 
     code = ("import sys, stage2_boost.train, stage2_boost.__main__, stage2_boost.report, "
-            "stage2_boost.inspect_studies, stage2_boost.server.daemon as d; d.preload(); "
-            "print('torch' in sys.modules, 'timm' in sys.modules)")  # fmt: skip
+            "stage2_boost.inspect_studies; print('torch' in sys.modules, 'timm' in sys.modules)")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False False"
+
+
+@pytest.mark.parametrize(
+    ("module", "absent"),
+    [
+        ("stage2_boost.cli", ("lightgbm", "xgboost", "torch", "optuna", "sklearn", "pandas")),
+        ("stage2_boost.runs", ("lightgbm", "xgboost", "torch", "optuna", "sklearn")),
+        ("stage2_boost.inspect_studies", ("lightgbm", "xgboost", "torch")),
+        ("stage2_boost", ("lightgbm", "xgboost", "torch", "optuna", "sklearn", "pandas")),
+    ],
+)
+def test_the_parser_runs_and_inspect_import_only_what_they_use(
+    module: str, absent: tuple[str, ...]
+) -> None:
+    """``--help`` builds the parser from stage2_boost.cli; ``runs`` and ``inspect`` add their module."""
+    import subprocess
+    import sys
+
+    code = f"import sys, {module}; print([m for m in {absent!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -23,9 +23,9 @@ import optuna
 import pytest
 
 from stage2_boost.errors import ConfigError
-from stage2_boost.pgserver import LocalPostgres, find_binaries, start_server, stop_server
 from stage2_boost.tune import open_storage, open_study
 from tests.conftest import REPO
+from tests.stage2.pgserver import LocalPostgres, find_binaries, start_server, stop_server
 
 pytestmark = pytest.mark.slow
 States = optuna.trial.TrialState

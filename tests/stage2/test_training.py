@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from stage1_embed.folds import make_folds
 from stage1_embed.schema import read_manifest
 from stage2_boost.boosters import BOOSTERS, create_booster
 from stage2_boost.config import Stage2Config
@@ -19,7 +20,6 @@ from stage2_boost.cv import prepare_folds
 from stage2_boost.data import load_stage_data
 from stage2_boost.errors import ConfigError, ContractError
 from stage2_boost.features import create_feature_groups
-from stage2_boost.folds import make_folds
 from stage2_boost.inspect_studies import describe_study, study_table
 from stage2_boost.train import run_training
 from stage2_boost.tune import ROUND_WARMUP, make_objective, mask_url, open_storage

@@ -1,4 +1,7 @@
-"""Patient-grouped, target-stratified, seeded folds, saved and reused so runs are comparable."""
+"""Patient-grouped, target-stratified, seeded folds, saved and reused so runs are comparable.
+
+Part of the stage contract: the expert stage fine-tunes in the evaluation folds and stage 2 scores
+with the same ones, so both read them from here (one file, one piece of code)."""
 
 from __future__ import annotations
 
@@ -13,9 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sklearn.model_selection import StratifiedGroupKFold
 
-from stage1_embed.atomic import atomic_path
-
-from .errors import TrainingError
+from .common import atomic_path
+from .errors import DataError
 
 logger = logging.getLogger(__name__)
 FOLDS_FILE = "folds.parquet"
@@ -41,18 +43,18 @@ def check_trainable(train: pd.DataFrame, n_folds: int) -> None:
     n_pos = int(train["target"].sum())
     classes = train["target"].nunique()
     if classes < 2:
-        raise TrainingError(
+        raise DataError(
             f"The training set has a single class ({len(train)} rows, target all "
             f"{int(train['target'].iloc[0])}); AUC needs both malignant and benign images."
         )
     if n_pos < n_folds:
-        raise TrainingError(
+        raise DataError(
             f"The training set has {n_pos} malignant image(s), fewer than the {n_folds} folds: "
             "some folds would have none. Use fewer folds (--folds) or more data."
         )
     n_patients = train["patient_id"].nunique()
     if n_patients < n_folds:
-        raise TrainingError(f"{n_patients} patients cannot fill {n_folds} patient-grouped folds.")
+        raise DataError(f"{n_patients} patients cannot fill {n_folds} patient-grouped folds.")
 
 
 def _warn_few_positives(target: np.ndarray, folds: np.ndarray) -> None:

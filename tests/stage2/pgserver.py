@@ -1,8 +1,4 @@
-"""A local PostgreSQL server for shared Optuna studies: on a workstation with several GPUs, a
-small cluster's head node, or a test that needs a real server.
-
-    python -m stage2_boost postgres start --dir data/pg    # prints the --storage URL
-    python -m stage2_boost postgres stop --dir data/pg
+"""Test helper: a throwaway local PostgreSQL server for the shared-study tests.
 
 It uses the PostgreSQL binaries already installed (``initdb``, ``pg_ctl``; Debian:
 ``apt-get install postgresql``), creates a cluster in ``--dir`` on first use with a generated
@@ -22,7 +18,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError
+from stage2_boost.errors import ConfigError
 
 USER = "melanoma"
 DATABASE = "optuna"
@@ -75,7 +71,7 @@ def start_server(folder: Path, port: int | None = None, listen: str = "127.0.0.1
     if status.returncode == 0:
         raise ConfigError(
             f"A PostgreSQL server is already running on {cluster}; its URL is in "
-            f"{folder / URL_FILE}. Stop it first: python -m stage2_boost postgres stop --dir {folder}"
+            f"{folder / URL_FILE}. Stop it first: stop_server({folder})"
         )
     options = f"-c listen_addresses={listen} -c port={port} -c unix_socket_directories={folder}"
     _pg_ctl(folder, "start", "-w", "-t", "60", "-l", str(folder / "server.log"), "-o", options)
@@ -95,7 +91,7 @@ def stop_server(folder: Path) -> None:
     """Stop the server of ``folder`` (fast shutdown: open transactions are rolled back)."""
     folder = Path(folder).resolve()
     if not (folder / _CLUSTER / "PG_VERSION").is_file():
-        raise ConfigError(f"{folder} holds no PostgreSQL cluster made by `postgres start`.")
+        raise ConfigError(f"{folder} holds no PostgreSQL cluster made by start_server().")
     if _pg_ctl(folder, "status", check=False).returncode != 0:
         raise ConfigError(f"No PostgreSQL server is running for {folder}: nothing to stop.")
     _pg_ctl(folder, "stop", "-m", "fast", "-w", "-t", "60")

@@ -1,0 +1,171 @@
+"""What both stages share and nothing else: the base errors, atomic writes, hashing, library
+versions and the command lines' logging and exit codes.
+
+Stage 2 depends on stage 1 for its contract (``schema``, ``folds``) and on this module; this module
+imports nothing of either stage, so it stays free of torch, image code and the boosters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+
+class MelanomaStackError(Exception):
+    """Base class of every user-facing error; ``exit_code`` is what the CLI returns.
+
+    The CLIs print its message (one paragraph: what is wrong, where, and how to fix it) and exit
+    non-zero; anything else is a bug and keeps its traceback."""
+
+    exit_code = 2
+
+
+class ConfigError(MelanomaStackError):
+    """A flag, backbone spec, storage URL or other setting is invalid."""
+
+
+class OutputError(MelanomaStackError):
+    """An output folder cannot be written, or is locked by another run."""
+
+
+# --- atomic writes -------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; rename it onto ``target`` only on success.
+
+    The file gets the mode a plain ``open`` would give it (0666 less the umask), not mkstemp's
+    private 0600, so a teammate can read what the run wrote."""
+    target = Path(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.fchmod(fd, 0o666 & ~_umask())
+        os.close(fd)
+    except OSError as err:
+        raise OutputError(_describe_os_error(target, err)) from err
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(_describe_os_error(target, err)) from err
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(target: Path, text: str) -> None:
+    """Write ``text`` to ``target`` atomically."""
+    with atomic_path(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+@contextlib.contextmanager
+def atomic_folder(target: Path, replace: bool = True) -> Iterator[Path]:
+    """Yield an empty staging folder beside ``target``; on success it becomes ``target``.
+
+    A reader sees the old complete folder or the new complete one, never a half-written one. With
+    ``replace`` an existing ``target`` is moved aside and removed; without it, a ``target`` that
+    appeared meanwhile (another process wrote the same content) is kept and the staging dropped."""
+    target = Path(target)
+    staging = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        staging.mkdir(parents=True)
+    except OSError as err:
+        raise OutputError(_describe_os_error(target, err)) from err
+    try:
+        yield staging
+        old = None
+        if target.exists() and replace:
+            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+            target.rename(old)
+        with contextlib.suppress(OSError):  # only without replace: the other writer's is as good
+            staging.rename(target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _describe_os_error(target: Path, err: OSError) -> str:
+    if err.errno == errno.ENOSPC:
+        hint = "the disk is full: free space or choose another --out folder"
+    elif err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        hint = "the folder is not writable: fix its permissions or choose another --out folder"
+    else:
+        hint = "check that the folder exists and is writable"
+    return f"Cannot write {target}: {err.strerror or err}. {hint}. Previous outputs were left untouched."
+
+
+# --- hashing and versions ------------------------------------------------------------------------
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def json_digest(value: Any) -> str:
+    """sha256 of ``value`` as canonical JSON (sorted keys; Paths and other objects as text)."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def library_versions(names: Iterable[str]) -> dict[str, str]:
+    """Installed versions of ``names`` ('not installed' when absent), for provenance."""
+    found = {}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+# --- command lines -------------------------------------------------------------------------------
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def run_cli(main: Callable[[], int]) -> int:
+    """Run ``main``; a MelanomaStackError becomes one paragraph on stderr and a non-zero exit."""
+    try:
+        return main()
+    except MelanomaStackError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print(
+            "interrupted: finished work is kept; rerun the same command to resume.", file=sys.stderr
+        )
+        return 130
