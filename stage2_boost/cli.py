@@ -92,8 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--no-cache",
         action="store_true",
-        help="rebuild the fold features instead of reusing OUT/fold_cache (they are keyed by "
-        "everything they depend on, so this is rarely needed)",
+        help="compute everything afresh instead of reusing OUT/cache (entries are keyed by the "
+        "content of their inputs, code and libraries, so this is rarely needed)",
     )
     for name, helptext in (
         ("inspect", "list Optuna studies, or show one with plots"),

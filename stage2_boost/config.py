@@ -44,7 +44,7 @@ class Stage2Config:
         None  # booster threads (default: all cores); workers sharing a machine: cores / workers
     )
     device: str = "cpu"  # cpu | cuda | auto: where XGBoost trains (LightGBM: CPU; boosters.py)
-    no_cache: bool = False  # rebuild the fold features instead of reusing OUT/fold_cache
+    no_cache: bool = False  # compute afresh instead of reusing OUT/cache (cache.py)
     extra_data: tuple[Path, ...] = ()  # --extra-data: dataset folders or stage 1 output folders
     save_model: Path | None = None  # a copy of the model folder kept outside OUT/stage2/model
     heartbeat_grace: int = 30  # seconds before a killed worker's RUNNING trial is marked FAIL

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,8 +39,8 @@ class FoldMatrices:
         default_factory=dict
     )  # (adapter, whole, bins) -> native data
     groups: list[FeatureGroup] = field(default_factory=list)  # fitted on this fold's training part
-    # the fold-cache folder these matrices were read from or written to (None: not cached)
-    cache_entry: Path | None = None
+    # the cache key these matrices were stored under (None: not cached); refits are keyed by it
+    cache_key: str | None = None
 
     def native(self, adapter: BoosterAdapter, whole: bool = False) -> Any:
         """The adapter's data for this fold, built on first use and kept: fit + early-stopping

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
+import io
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +19,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from stage1_embed.common import atomic_path, atomic_write_text
 
+from .cache import ContentCache, cached_png, content_key
 from .data import StageData
 from .features import feature_group_of
 from .model.calibration import reliability_table
@@ -29,24 +30,23 @@ GROUP_COLOURS = {"metadata": "#1f77b4", "patient": "#ff7f0e", "embedding": "#2ca
 AGE_BANDS = [0, 30, 45, 60, 75, 200]
 AGE_LABELS = ["<30", "30-44", "45-59", "60-74", "75+"]
 MIN_GROUP = 20  # subgroups smaller than this, or with one class, get no AUC
-FIGURES_MANIFEST = ".figures.json"
-_PLOT_CODE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()  # a code change redraws
 
 
 def write_report(
-    out: Path, metrics: dict[str, Any], oof: pd.DataFrame, importance: pd.DataFrame, data: StageData
-) -> Path:
+    out: Path, metrics: dict[str, Any], oof: pd.DataFrame, importance: pd.DataFrame,
+    data: StageData, cache: ContentCache | None = None,
+) -> Path:  # fmt: skip
     """Write PNG plots and ``report.md`` under ``<out>/report``.
 
-    Each figure is a function of exactly the data it shows; a figure whose data, plotting code and
-    matplotlib version are those of the PNG already there is not drawn again (a rerun whose
-    refits were reused draws none: ~0.6 s saved)."""
+    Each figure is a function of exactly the data it shows: drawn once per content (the data, the
+    code, matplotlib's version) and then copied from the stage 2 cache (a rerun whose refits were
+    reused draws none: ~0.6 s saved)."""
     folder = out / "report"
     folder.mkdir(parents=True, exist_ok=True)
     models = [*metrics["models"], "blend"]
     subgroups = _subgroup_table(oof, data)
     cal = metrics["calibration"]
-    figures = FigureCache(folder)
+    figures = _Figures(folder, cache or ContentCache(None))
     figures.draw("roc.png", _roc_plot, oof[["target", *models]],
                  {m: _ci(metrics, m) for m in models}, metrics["n_train"], metrics["n_pos"])  # fmt: skip
     figures.draw("fold_auc.png", _fold_plot, _fold_aucs(metrics))
@@ -54,49 +54,21 @@ def write_report(
     figures.draw("auc_by_subgroup.png", _subgroup_plot, subgroups)
     figures.draw("reliability.png", _reliability_plot, oof[["target", "blend", "probability"]],
                  cal["brier"], cal["ece"])  # fmt: skip
-    figures.save_manifest()
     atomic_write_text(folder / "report.md", _markdown(metrics, subgroups))
     return folder
 
 
-class FigureCache:
-    """Draws a figure unless the PNG in the folder was drawn from the same inputs; remembers in
-    ``.figures.json`` which inputs (a digest) drew which PNG (its sha256)."""
+class _Figures:
+    """Each PNG of the report comes from the cache, keyed by exactly what it shows."""
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.path = folder / FIGURES_MANIFEST
-        try:
-            self.entries: dict[str, dict[str, str]] = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            self.entries = {}
+    def __init__(self, folder: Path, cache: ContentCache) -> None:
+        self.folder, self.cache = folder, cache
 
     def draw(self, name: str, plot: Callable[..., plt.Figure], *inputs: Any) -> None:
-        key = _digest(name, _PLOT_CODE, matplotlib.__version__, *inputs)
-        target = self.folder / name
-        entry = self.entries.get(name, {})
-        if entry.get("key") == key and target.is_file() and entry.get("sha256") == _sha256(target):
-            return
-        _save(target, plot(*inputs))
-        self.entries[name] = {"key": key, "sha256": _sha256(target)}
-
-    def save_manifest(self) -> None:
-        atomic_write_text(self.path, json.dumps(self.entries, indent=1, sort_keys=True))
-
-
-def _digest(*parts: Any) -> str:
-    digest = hashlib.sha256()
-    for part in parts:
-        if isinstance(part, pd.DataFrame):
-            digest.update(json.dumps([[str(c), str(t)] for c, t in part.dtypes.items()]).encode())
-            digest.update(pd.util.hash_pandas_object(part, index=False).to_numpy().tobytes())
-        else:
-            digest.update(json.dumps(part, default=str).encode())  # key order is plot order
-    return digest.hexdigest()
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+        key = content_key("figure", name, *inputs)
+        png = cached_png(self.cache, key, lambda: _png(plot(*inputs)))
+        with atomic_path(self.folder / name) as tmp:
+            tmp.write_bytes(png)
 
 
 def _reliability_plot(oof: pd.DataFrame, brier_score: float, ece: float) -> plt.Figure:
@@ -118,10 +90,11 @@ def _reliability_plot(oof: pd.DataFrame, brier_score: float, ece: float) -> plt.
     return fig
 
 
-def _save(path: Path, figure: plt.Figure) -> None:
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=110)
+def _png(figure: plt.Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
     plt.close(figure)
+    return buffer.getvalue()
 
 
 def _ci(metrics: dict[str, Any], model: str) -> tuple[float, float, float]:

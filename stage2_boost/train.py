@@ -17,12 +17,12 @@ from scipy.special import expit
 from stage1_embed.folds import EVAL_SEED_OFFSET, load_or_make_eval_folds, load_or_make_folds
 
 from .boosters import create_booster, resolve_device
+from .cache import CACHE_DIR, ContentCache, cached_folds, cached_refit, content_key, data_digest
 from .config import DEFAULT_GROUPS, IMAGE_GROUPS, Stage2Config
 from .cv import CVResult, FoldMatrices, cross_validate, oof_folds, oof_rows, prepare_folds
 from .data import StageData, load_stage_data
 from .errors import ConfigError, ContractError, OutputError
 from .features import create_feature_groups
-from .fold_cache import CACHE_DIR, cached_prepare_folds
 from .metrics import auc, bootstrap_auc_ci
 from .model.calibration import (
     Platt,
@@ -33,7 +33,6 @@ from .model.calibration import (
 )
 from .model.save import MODEL_DIR, ModelContent, save_model
 from .outputs import RUNS_FILE, append_run, write_metrics, write_parquet, write_submission
-from .refit_cache import cached_refit
 from .tune import (
     best_choice,
     make_objective,
@@ -142,23 +141,33 @@ def _train_locked(config: Stage2Config, out: Path) -> RunResult:
         return create_feature_groups(names, backbones, config.reduction, n_components, config.seed,
                                      experts, config.expert_transform)  # fmt: skip
 
-    cache = None if config.no_cache else out / CACHE_DIR
+    cache = ContentCache(None if config.no_cache else out / CACHE_DIR)
     key_parts = {"groups": groups, "backbones": backbones, "reduction": config.reduction,
-                 "n_components": n_components, "experts": {s: data.expert_provenance[s].get("settings_hash") for s in experts},
+                 "n_components": n_components, "experts": experts,
                  "expert_transform": config.expert_transform}  # fmt: skip
-    tuning = cached_prepare_folds(cache, key_parts, data, train_rows, folds, make_groups,
-                                  config.seed, None, extra_rows)  # fmt: skip
-    evaluation = cached_prepare_folds(cache, key_parts, data, train_rows, eval_folds, make_groups,
-                                      eval_seed, test_rows, extra_rows)  # fmt: skip
+    # every value of every row, embedding and expert probability: the features' whole input
+    inputs = data_digest(data.frame, data.embeddings, data.experts)
+
+    def fold_matrices(split: np.ndarray, seed: int, test: np.ndarray | None) -> list[FoldMatrices]:
+        key = content_key("folds", inputs, key_parts, train_rows, split, seed, test, extra_rows)
+        return cached_folds(cache, key, lambda: prepare_folds(
+            data, train_rows, split, make_groups, seed, test, extra_rows), make_groups, data.target)  # fmt: skip
+
+    tuning = fold_matrices(folds, config.seed, None)
+    evaluation = fold_matrices(eval_folds, eval_seed, test_rows)
     feature_set = _feature_set(config, groups, backbones, n_components, evaluation[0].X_fit.columns)
     feature_set["extra_sources"] = data.extra_sources
     feature_set["experts"] = experts
     feature_set["expert_transform"] = config.expert_transform
+    # the study is tied to the data it tunes on: other data, other study (same data: shared)
+    feature_set["data_fingerprint"] = data_digest(inputs, key_parts, train_rows, folds, extra_rows)[
+        :12
+    ]
     _warn_if_too_few_positives(feature_set["n_features"], n_pos_all)
     # the default SQLite file is this run's alone (the folder is locked): no heartbeats needed
     storage = open_storage(config.storage_url, config.heartbeat_grace, config.storage is not None)
     models = [
-        _tune_and_evaluate(name, config, data, tuning, evaluation, storage, feature_set)
+        _tune_and_evaluate(name, config, data, tuning, evaluation, storage, feature_set, cache)
         for name in config.models
     ]
     blend = _blend(data, models, evaluation)
@@ -178,7 +187,7 @@ def _train_locked(config: Stage2Config, out: Path) -> RunResult:
         config, out, data, models, evaluation, feature_set, metrics, blend
     )
     metrics["seconds"] = round(time.perf_counter() - started, 1)
-    _write_outputs(out, data, models, evaluation, metrics, config, blend)
+    _write_outputs(out, data, models, evaluation, metrics, config, blend, cache)
     return RunResult(run_id, metrics, out, models)
 
 
@@ -276,7 +285,8 @@ def _feature_key(feature_set: dict[str, Any]) -> str:
     has_images = bool(IMAGE_GROUPS & set(feature_set["groups"]))
     extra = "".join(f".x-{name}" for name in feature_set.get("extra_sources", []))
     extra += "".join(f".e-{name}" for name in feature_set.get("experts", []))
-    return f"{groups}{'.' + images if has_images else ''}{extra}.f{feature_set['folds']}s{feature_set['seed']}"
+    data = f".d{feature_set['data_fingerprint']}" if "data_fingerprint" in feature_set else ""
+    return f"{groups}{'.' + images if has_images else ''}{extra}.f{feature_set['folds']}s{feature_set['seed']}{data}"
 
 
 def _tune_and_evaluate(
@@ -287,6 +297,7 @@ def _tune_and_evaluate(
     evaluation: list[FoldMatrices],
     storage: Any,
     feature_set: dict[str, Any],
+    cache: ContentCache,
 ) -> ModelResult:
     device = resolve_device(config.device)
     adapter = create_booster(name, seed=config.seed, max_rounds=config.max_rounds, device=device, threads=config.threads,
@@ -302,7 +313,7 @@ def _tune_and_evaluate(
         choice.best_iterations or cross_validate(adapter, tuning, choice.params).best_iterations
     )
     n_rounds = max(1, round(float(np.median(iterations))))
-    result = cached_refit(adapter, evaluation, choice.params, n_rounds)
+    result = cached_refit(cache, adapter, evaluation, choice.params, n_rounds)
     return ModelResult(
         name,
         study.study_name,
@@ -375,6 +386,7 @@ def _metrics(
             s: _short_provenance(p) for s, p in data.embedding_provenance.items()
         },
         "n_features": feature_set["n_features"],
+        "data_fingerprint": feature_set["data_fingerprint"],
         "dataset": data.dataset,
         "folds": {
             "n_folds": config.n_folds,
@@ -437,7 +449,7 @@ def _auc_without_acquisition(
 
 def _write_outputs(
     out: Path, data: StageData, models: list[ModelResult], evaluation: list[FoldMatrices],
-    metrics: dict[str, Any], config: Stage2Config, blended: BlendResult,
+    metrics: dict[str, Any], config: Stage2Config, blended: BlendResult, cache: ContentCache,
 ) -> None:  # fmt: skip
     rows = oof_rows(evaluation)
     frame = data.frame
@@ -468,7 +480,7 @@ def _write_outputs(
     if config.report:
         from .report import write_report
 
-        write_report(out, metrics, oof, importance, data)
+        write_report(out, metrics, oof, importance, data, cache)
 
 
 def _run_row(metrics: dict[str, Any]) -> dict[str, Any]:

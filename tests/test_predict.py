@@ -14,9 +14,10 @@ import pandas as pd
 import pytest
 
 from stage1_embed.config import Stage1Config
-from stage1_embed.errors import ModelError, WeightsError
+from stage1_embed.errors import WeightsError
 from stage1_embed.pipeline import run_stage1
 from stage2_boost.config import Stage2Config
+from stage2_boost.errors import ModelError
 from stage2_boost.model.load import load_model
 from stage2_boost.model.predict import run_predict
 from stage2_boost.train import run_training

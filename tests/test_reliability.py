@@ -16,7 +16,7 @@ import optuna
 import pytest
 from filelock import FileLock
 
-from stage1_embed import atomic
+from stage1_embed import common
 from stage1_embed.config import Stage1Config
 from stage1_embed.errors import OutputError
 from stage1_embed.pipeline import run_stage1
@@ -36,9 +36,9 @@ def test_atomic_write_leaves_the_old_file_when_the_disk_is_full(
     def full_disk(*_: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(atomic.os, "replace", full_disk)
+    monkeypatch.setattr(common.os, "replace", full_disk)
     with pytest.raises(OutputError, match=r"disk is full.*Previous outputs were left untouched"):
-        atomic.atomic_write_text(target, "new")
+        common.atomic_write_text(target, "new")
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
 
 
@@ -54,7 +54,7 @@ def test_stage2_on_a_full_disk_keeps_the_previous_outputs(
         if p.is_file() and p.suffix in (".json", ".parquet", ".csv")
     }
     monkeypatch.setattr(
-        atomic.os, "replace", lambda *_: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full"))
+        common.os, "replace", lambda *_: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full"))
     )
     with pytest.raises(OutputError, match="disk is full"):
         run_training(replace(config, n_trials=0))

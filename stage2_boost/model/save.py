@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import shutil
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import save_file
 
-from stage1_embed.common import file_sha256, library_versions
+from stage1_embed.common import atomic_folder, file_sha256, library_versions
 
 from ..boosters import BoosterAdapter
 from ..cv import FoldMatrices
@@ -74,15 +73,9 @@ class ModelContent:
 def save_model(target: Path, content: ModelContent) -> Path:
     """Write the model folder to ``target`` (replacing an older one) and return it."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    try:
+    with atomic_folder(target) as staging:
         manifest = _write_files(staging, content)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-        _swap_into_place(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
@@ -147,14 +140,3 @@ def write_group_state(groups: Sequence[FeatureGroup], path: Path) -> list[dict[s
         arrays.update({f"{index}/{k}": np.ascontiguousarray(v) for k, v in group_arrays.items()})
     save_file(arrays, str(path))
     return values
-
-
-def _swap_into_place(staging: Path, target: Path) -> None:
-    """Rename ``staging`` to ``target``; an older model is moved aside first, then removed."""
-    old = None
-    if target.exists():
-        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-        target.rename(old)
-    staging.rename(target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
