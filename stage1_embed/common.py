@@ -146,6 +146,26 @@ def library_versions(names: Iterable[str]) -> dict[str, str]:
     return found
 
 
+# --- fault injection ----------------------------------------------------------------------------
+
+CRASH_VARIABLE = "MELANOMA_CRASH_AT"
+_passes: dict[str, int] = {}
+
+
+def crash_point(name: str) -> None:
+    """Where the resume tests kill a run, deterministically: with ``MELANOMA_CRASH_AT=NAME:N``
+    the process SIGKILLs itself the N-th time it passes ``crash_point(NAME)`` (after that piece
+    of work was saved), instead of a test racing a running process with a signal."""
+    wanted = os.environ.get(CRASH_VARIABLE)
+    if not wanted or wanted.rpartition(":")[0] != name:
+        return
+    _passes[name] = _passes.get(name, 0) + 1
+    if _passes[name] == int(wanted.rpartition(":")[2]):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 # --- command lines -------------------------------------------------------------------------------
 
 

@@ -17,10 +17,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .common import atomic_path
+from .common import atomic_path, crash_point
 from .schema import METADATA_KEY, embedding_schema, read_provenance, with_provenance
 
 Failure = tuple[str, str, str]  # (split, image_name, error)
+RowKey = tuple[str, str, str | None]  # (split, image_name, content sha256)
 
 
 @dataclass(frozen=True)
@@ -47,12 +48,13 @@ class PartsFolder:
         return [c for c in range(self.n_chunks) if not self.has_part(c)]
 
     def write_part(
-        self, chunk: int, keys: list[tuple[str, str]], vectors: np.ndarray, failures: list[Failure]
+        self, chunk: int, keys: list[RowKey], vectors: np.ndarray, failures: list[Failure]
     ) -> None:
         meta = {"settings_hash": self.settings_hash, "chunk": chunk, "failures": failures}
         table = _table(keys, vectors, self.width, meta)
         with atomic_path(self.part_path(chunk)) as tmp:
             pq.write_table(table, tmp)
+        crash_point("part")
 
     def failures(self) -> list[Failure]:
         found: list[Failure] = []
@@ -60,19 +62,22 @@ class PartsFolder:
             found += [tuple(f) for f in read_provenance(self.part_path(chunk))["failures"]]
         return found
 
-    def assemble(self, target: Path, provenance: dict[str, Any]) -> None:
-        """Stream all parts, in chunk order, into ``target``; then delete the parts."""
+    def assemble(
+        self, target: Path, provenance: dict[str, Any], reused: pa.Table | None = None
+    ) -> None:
+        """Stream the ``reused`` rows (unchanged images of the previous file), then all parts in
+        chunk order, into ``target``; then delete the parts."""
         schema = with_provenance(embedding_schema(self.width), provenance)
         with atomic_path(target) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+            if reused is not None and len(reused):
+                writer.write_table(reused.select(schema.names).cast(schema))
             for chunk in range(self.n_chunks):
                 part = pq.read_table(self.part_path(chunk))
                 writer.write_table(part.replace_schema_metadata(schema.metadata))
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def _table(
-    keys: list[tuple[str, str]], vectors: np.ndarray, width: int, meta: dict[str, Any]
-) -> pa.Table:
+def _table(keys: list[RowKey], vectors: np.ndarray, width: int, meta: dict[str, Any]) -> pa.Table:
     flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1), pa.float32())
     embedding = pa.FixedSizeListArray.from_arrays(flat, width)
     schema = embedding_schema(width).with_metadata({METADATA_KEY: json.dumps(meta).encode()})
@@ -81,6 +86,7 @@ def _table(
             pa.array([k[1] for k in keys], pa.string()),
             pa.array([k[0] for k in keys], pa.string()),
             embedding,
+            pa.array([k[2] for k in keys], pa.string()),
         ],
         schema=schema,
     )

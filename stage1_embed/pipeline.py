@@ -128,7 +128,7 @@ def _run_locked(config: Stage1Config, out: Path) -> Stage1Summary:
     source = create_source(
         config.data_dir, config.images_dir, config.image_format, config.max_pixels
     )
-    scan = scan_dataset(table, source, skip_missing=config.skip_missing)
+    scan = scan_dataset(table, source, skip_missing=config.skip_missing, out=out)
     _save_cross_check(scan, out)
     fingerprint = input_fingerprint(scan.manifest)
     refs = [scan.refs[k] for k in sorted(scan.refs)]
@@ -143,7 +143,9 @@ def _run_locked(config: Stage1Config, out: Path) -> Stage1Summary:
         if plan is not None:  # input size, crop, TTA, weights, precision, chunk size
             provenance = backbone_provenance(backbone, settings, fingerprint, len(refs))
             plan.join(config.shard_index, {f"settings of {spec.slug}": provenance["settings_hash"]})
-        summary.results.append(embed_backbone(backbone, source, refs, out, fingerprint, settings))
+        summary.results.append(
+            embed_backbone(backbone, source, refs, out, fingerprint, settings, scan.contents)
+        )
     failures = _all_failures(scan, summary.results)
     summary.n_failures = len(failures)
     summary.complete = all(r.status != "waiting-for-shards" for r in summary.results)
@@ -188,7 +190,7 @@ def _assemble_once(result: BackboneResult, out: Path) -> None:
     with FileLock(str(result.parts.folder) + ".lock"):
         if result.parts.folder.is_dir():
             provenance = {**result.provenance, "failures": [list(f) for f in result.failures]}
-            result.parts.assemble(embeddings_path(out, result.slug), provenance)
+            result.parts.assemble(embeddings_path(out, result.slug), provenance, result.reused)
 
 
 def _embed_settings(config: Stage1Config, source_format: str | None = None) -> EmbedSettings:

@@ -2,27 +2,28 @@
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 from .backbones import Backbone
 from .batch_decode import BatchDecoder, RawDataset, collate_raw
-from .common import library_versions
+from .common import json_digest, library_versions
 from .cpu_pipeline import cpu_threads, embed_batch, embedded_in_threads
 from .engines import make_embedder
 from .extract import Batch, ImageDataset, make_loader, plan_batches
-from .parts import Failure, PartsFolder
+from .parts import Failure, PartsFolder, RowKey
 from .preprocess import RESIZE_ENGINE, Preprocess
 from .progress import progress_bar
 from .schema import (
@@ -31,7 +32,7 @@ from .schema import (
     embeddings_path,
     read_provenance,
 )
-from .sources import ImageRef, ImageSource
+from .sources import ImageKey, ImageRef, ImageSource
 
 logger = logging.getLogger(__name__)
 _LIBRARIES = (
@@ -75,6 +76,7 @@ class BackboneResult:
     failures: list[Failure] = field(default_factory=list)
     parts: PartsFolder | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
+    reused: pa.Table | None = None  # rows of the previous file whose images are unchanged
 
     @property
     def images_per_second(self) -> float:
@@ -103,10 +105,13 @@ def backbone_provenance(
         "input_fingerprint": fingerprint,
         "schema_version": SCHEMA_VERSION,
     }
-    settings_hash = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
+    # what turns an image into its embedding, whatever the images are: a row embedded under the
+    # same embedder hash from the same bytes is reused by a rerun on changed inputs
+    embedder = {k: v for k, v in relevant.items() if k not in ("input_fingerprint", "chunk_size")}
     return {
         **relevant,
-        "settings_hash": settings_hash,
+        "settings_hash": json_digest(relevant),
+        "embedder_hash": json_digest(embedder),
         "n_images": n_images,
         "libraries": library_versions(_LIBRARIES),
     }
@@ -119,16 +124,34 @@ def embed_backbone(
     features_dir: Path,
     fingerprint: str,
     settings: EmbedSettings,
+    contents: Mapping[ImageKey, str],
 ) -> BackboneResult:
-    """Embed this shard's missing chunks; the caller checks failures and assembles."""
+    """Embed this shard's missing chunks of the images whose content has no embedding yet; the
+    caller checks failures and assembles (with the reused rows)."""
     slug = backbone.spec.slug
     provenance = backbone_provenance(backbone, settings, fingerprint, len(refs))
     final = embeddings_path(features_dir, slug)
-    if _is_current(final, provenance["settings_hash"]):
-        logger.info("%s: embeddings are up to date, skipping", slug)
-        cached = read_provenance(final)
-        failures = [tuple(f) for f in cached.get("failures", [])]
-        return BackboneResult(slug, "cached", 0, 0.0, settings.device, failures, None, cached)
+    previous = _previous(final)
+    if previous.get("settings_hash") == provenance["settings_hash"]:
+        logger.info(
+            "%s: embeddings are up to date (same image contents and settings), skipping", slug
+        )
+        failures = [tuple(f) for f in previous.get("failures", [])]
+        return BackboneResult(slug, "cached", 0, 0.0, settings.device, failures, None, previous)
+    reused = None
+    if previous.get("embedder_hash") == provenance["embedder_hash"]:
+        reused = _unchanged_rows(final, refs, contents)
+    if reused is not None:
+        done = set(
+            zip(
+                reused.column("split").to_pylist(),
+                reused.column("image_name").to_pylist(),
+                strict=True,
+            )
+        )
+        refs = [r for r in refs if (r.split, r.image_name) not in done]
+        logger.info("%s: %d embedding(s) of unchanged images reused, %d image(s) to embed",
+                    slug, len(reused), len(refs))  # fmt: skip
     chunks = plan_batches(len(refs), settings.chunk_size, settings.batch_size)
     parts = PartsFolder(
         Path(features_dir)
@@ -141,14 +164,16 @@ def embed_backbone(
     )
     todo = [c for c in parts.missing_chunks() if c % settings.num_shards == settings.shard_index]
     started = time.perf_counter()
-    n_done, engine_used = _run_chunks(backbone, source, refs, chunks, todo, parts, settings)
+    n_done, engine_used = _run_chunks(
+        backbone, source, refs, chunks, todo, parts, settings, contents
+    )
     seconds = time.perf_counter() - started
     provenance["engine_used"] = engine_used or settings.engine
     complete = not parts.missing_chunks()
     status = "computed" if complete else "waiting-for-shards"
     failures = parts.failures() if complete else []
     return BackboneResult(
-        slug, status, n_done, seconds, settings.device, failures, parts, provenance
+        slug, status, n_done, seconds, settings.device, failures, parts, provenance, reused
     )
 
 
@@ -160,6 +185,7 @@ def _run_chunks(
     todo: list[int],
     parts: PartsFolder,
     settings: EmbedSettings,
+    contents: Mapping[ImageKey, str],
 ) -> tuple[int, str | None]:
     """Embed the ``todo`` chunks; returns the image count and the engine that ran."""
     if not todo:
@@ -200,14 +226,14 @@ def _run_chunks(
     # torch only resizes single images beside ONNX Runtime: its own thread pool would contend.
     with torch_threads(1 if engine_used == "onnx" else None):
         for chunk in todo:
-            keys: list[tuple[str, str]] = []
+            keys: list[RowKey] = []
             vectors: list[np.ndarray] = []
             failures: list[Failure] = []
             for _ in chunks[chunk]:
                 batch, batch_vectors = next(embedded)
                 if batch_vectors is not None:
                     vectors.append(batch_vectors)
-                    keys += [(refs[i].split, refs[i].image_name) for i in batch.indices]
+                    keys += [_row_key(refs[i], contents) for i in batch.indices]
                 failures += [(refs[i].split, refs[i].image_name, e) for i, e in batch.failures]
                 bar.update(len(batch.indices) + len(batch.failures))
             matrix = np.concatenate(vectors) if vectors else np.zeros((0, parts.width), np.float32)
@@ -234,13 +260,36 @@ def _amp(settings: EmbedSettings) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[settings.precision]
 
 
-def _is_current(path: Path, settings_hash: str) -> bool:
+def _row_key(ref: ImageRef, contents: Mapping[ImageKey, str]) -> RowKey:
+    return ref.split, ref.image_name, contents.get((ref.split, ref.image_name))
+
+
+def _previous(path: Path) -> dict[str, Any]:
+    """The provenance of the embedding file already there ({} if none or unreadable)."""
     if not path.is_file():
-        return False
+        return {}
     try:
-        return read_provenance(path).get("settings_hash") == settings_hash
+        return read_provenance(path)
     except Exception:  # unreadable file: recompute it
-        return False
+        return {}
+
+
+def _unchanged_rows(
+    path: Path, refs: list[ImageRef], contents: Mapping[ImageKey, str]
+) -> pa.Table | None:
+    """Rows of the previous file for images still wanted whose bytes are the same (None: no
+    usable previous file)."""
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowInvalid):
+        return None
+    if "content_sha256" not in table.column_names:
+        return None
+    wanted = {(r.split, r.image_name, contents.get((r.split, r.image_name))) for r in refs}
+    rows = zip(table.column("split").to_pylist(), table.column("image_name").to_pylist(),
+               table.column("content_sha256").to_pylist(), strict=True)  # fmt: skip
+    keep = [key in wanted and key[2] is not None for key in rows]
+    return table.filter(pa.array(keep, pa.bool_())).replace_schema_metadata(None)
 
 
 def jsonable(value: Any) -> Any:

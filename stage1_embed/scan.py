@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from .content import content_digests
 from .crosscheck import Disagreement, cross_check
 from .errors import DataError, ImageReadError
 from .sources import ImageKey, ImageRef, ImageSource, ProbeResult
@@ -25,6 +27,7 @@ class ScanResult:
     refs: dict[ImageKey, ImageRef] = field(default_factory=dict)
     disagreements: list[Disagreement] = field(default_factory=list)
     n_dropped_missing: int = 0
+    contents: dict[ImageKey, str] = field(default_factory=dict)  # sha256 of each image's bytes
 
 
 def metadata_only_manifest(table: pd.DataFrame) -> ScanResult:
@@ -35,6 +38,7 @@ def metadata_only_manifest(table: pd.DataFrame) -> ScanResult:
         width=pd.NA,
         height=pd.NA,
         file_size=pd.NA,
+        content_sha256=None,
         read_status="not_read",
         read_error=None,
     )
@@ -42,9 +46,11 @@ def metadata_only_manifest(table: pd.DataFrame) -> ScanResult:
 
 
 def scan_dataset(
-    table: pd.DataFrame, source: ImageSource, *, skip_missing: bool = False, threads: int = 8
-) -> ScanResult:
-    """Index and probe the images of ``table``; refuse missing images unless ``skip_missing``."""
+    table: pd.DataFrame, source: ImageSource, *, skip_missing: bool = False, threads: int = 8,
+    out: Path | None = None,
+) -> ScanResult:  # fmt: skip
+    """Index, probe and content-hash the images of ``table`` (digests remembered in ``out``,
+    when given); refuse missing images unless ``skip_missing``."""
     wanted = {s: set(g["image_name"]) for s, g in table.groupby("split")}
     refs = source.index(wanted)
     keys = list(zip(table["split"], table["image_name"], strict=True))
@@ -62,10 +68,11 @@ def scan_dataset(
         )
     with ThreadPoolExecutor(threads) as pool:
         probes = dict(zip(refs, pool.map(lambda r: _probe(source, r), refs.values()), strict=True))
-    manifest = _manifest(table, keys, refs, probes, source.format_name)
+    digests = content_digests(source, refs, out, threads)
+    manifest = _manifest(table, keys, refs, probes, digests, source.format_name)
     headers = {k: p.header_metadata for k, p in probes.items() if isinstance(p, ProbeResult)}
     usable = {k: r for k, r in refs.items() if isinstance(probes[k], ProbeResult)}
-    return ScanResult(manifest, usable, cross_check(table, headers), len(missing))
+    return ScanResult(manifest, usable, cross_check(table, headers), len(missing), digests)
 
 
 def _probe(source: ImageSource, ref: ImageRef) -> ProbeResult | ImageReadError:
@@ -80,17 +87,18 @@ def _manifest(
     keys: list[ImageKey],
     refs: dict[ImageKey, ImageRef],
     probes: dict[ImageKey, ProbeResult | ImageReadError],
+    digests: dict[ImageKey, str],
     format_name: str,
 ) -> pd.DataFrame:
-    columns: dict[str, list[Any]] = {
-        c: []
-        for c in ("relative_path", "width", "height", "file_size", "read_status", "read_error")
-    }
+    names = ("relative_path", "width", "height", "file_size", "content_sha256", "read_status",
+             "read_error")  # fmt: skip
+    columns: dict[str, list[Any]] = {c: [] for c in names}
     for key in keys:
         ref, probe = refs.get(key), probes.get(key)
         ok = isinstance(probe, ProbeResult)
         columns["relative_path"].append(ref.relative_path if ref else None)
         columns["file_size"].append(ref.file_size if ref else None)
+        columns["content_sha256"].append(digests.get(key))
         columns["width"].append(probe.width if isinstance(probe, ProbeResult) else None)
         columns["height"].append(probe.height if isinstance(probe, ProbeResult) else None)
         columns["read_status"].append("ok" if ok else ("failed" if ref else "missing"))

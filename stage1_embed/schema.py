@@ -44,6 +44,7 @@ MANIFEST_SCHEMA = pa.schema(
         ("width", pa.int32()),
         ("height", pa.int32()),
         ("file_size", pa.int64()),
+        ("content_sha256", pa.string()),  # sha256 of the image's stored bytes (content.py)
         ("read_status", pa.string()),  # ok | missing | failed | not_read
         ("read_error", pa.string()),
     ]
@@ -62,8 +63,8 @@ class EmbeddingTable:
 
 
 def input_fingerprint(manifest: pd.DataFrame) -> str:
-    """sha256 over the sorted (split, image_name, file_size) of the readable images."""
-    rows = manifest.loc[manifest["read_status"] == "ok", ["split", "image_name", "file_size"]]
+    """sha256 over the sorted (split, image_name, content sha256) of the readable images."""
+    rows = manifest.loc[manifest["read_status"] == "ok", ["split", "image_name", "content_sha256"]]
     text = "\n".join(f"{s}\t{n}\t{z}" for s, n, z in sorted(rows.itertuples(index=False)))
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -96,11 +97,14 @@ def embeddings_path(features_dir: Path, slug: str) -> Path:
 
 
 def embedding_schema(width: int) -> pa.Schema:
+    """One row per image; ``content_sha256`` says which bytes were embedded, so a rerun reuses
+    the rows of unchanged images and recomputes the others."""
     return pa.schema(
         [
             ("image_name", pa.string()),
             ("split", pa.string()),
             ("embedding", pa.list_(pa.float32(), width)),
+            ("content_sha256", pa.string()),
         ]
     )
 

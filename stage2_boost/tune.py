@@ -15,6 +15,8 @@ from typing import Any
 
 import optuna
 
+from stage1_embed.common import crash_point
+
 from .boosters import BoosterAdapter
 from .cv import FoldMatrices, cross_validate
 from .errors import ConfigError
@@ -207,6 +209,7 @@ def make_objective(
     def objective(trial: optuna.Trial) -> float:
         params = adapter.suggest_params(trial)
         trial.set_user_attr("feature_set", feature_set)
+        crash_point("trial")  # the tests' deterministic kill of a worker inside a running trial
 
         def report(fold: int, running_auc: float) -> None:
             trial.report(running_auc, fold_step + fold)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,6 +17,7 @@ import pytest
 from filelock import FileLock
 
 from stage1_embed import common
+from stage1_embed.common import CRASH_VARIABLE
 from stage1_embed.config import Stage1Config
 from stage1_embed.errors import OutputError
 from stage1_embed.pipeline import run_stage1
@@ -104,25 +105,12 @@ def test_killed_study_resumes_and_the_interrupted_trial_is_failed(features: Path
     out = features / "stage2"
     args = [sys.executable, "-m", "stage2_boost", "train", "--features", str(features), "--folds", "3",
             "--components", "4", "--models", "lgbm", "--no-report", "--bootstrap", "50"]  # fmt: skip
-    process = subprocess.Popen(
-        [*args, "--trials", "500"], cwd=REPO, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL
-    )
+    killed = subprocess.run(  # SIGKILLs itself inside its fifth trial
+        [*args, "--trials", "500"], cwd=REPO, capture_output=True,
+        env={**os.environ, CRASH_VARIABLE: "trial:5"},
+    )  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL
     storage = f"sqlite:///{out / 'optuna.db'}"
-    deadline, complete = time.time() + 120, 0
-    while time.time() < deadline and complete < 4:
-        time.sleep(0.2)
-        try:
-            studies = optuna.get_all_study_summaries(storage)
-            trials = (
-                optuna.load_study(study_name=studies[0].study_name, storage=storage).trials
-                if studies
-                else []
-            )
-        except Exception:  # the database may not exist yet
-            continue
-        complete = sum(t.state.is_finished() for t in trials)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
     name = optuna.get_all_study_summaries(storage)[0].study_name
     before = optuna.load_study(study_name=name, storage=storage).trials
     finished_before = sum(t.state.is_finished() for t in before)

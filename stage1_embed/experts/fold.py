@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from sklearn.metrics import roc_auc_score
 from torch.utils.data import DataLoader
 
-from ..common import atomic_path
+from ..common import atomic_path, crash_point
 from ..extract import _view
 from .images import ImageStore, TrainingSet
 from .recipe import Recipe
@@ -122,6 +122,7 @@ def train_fold(
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "schedule": schedule.state_dict(), "epoch": epoch, "best_epoch": outcome.best_epoch,
                         "inner_aucs": outcome.inner_aucs, "losses": outcome.losses}, tmp)  # fmt: skip
+        crash_point(f"checkpoint-fold{fold}")
     assert best_state is not None
     best = copy.deepcopy(model)
     best.load_state_dict(best_state)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from stage1_embed.common import CRASH_VARIABLE
 from stage1_embed.config import Stage1Config
 from stage1_embed.experts.recipe import Recipe
 from stage1_embed.experts.stage import ExpertConfig, _fold_rows, expert_path, run_experts
@@ -115,13 +116,12 @@ def test_a_killed_expert_run_resumes_to_the_same_probabilities(
             "--folds", "3", "--image-size", "32", "--epochs", "3", "--batch-size", "16", "--tta", "hflip",
             "--format", "jpeg", "--device", "cpu", "--no-progress"]  # fmt: skip
     subprocess.run([*args, "--out", str(reference)], check=True, cwd=REPO, capture_output=True)
-    process = subprocess.Popen([*args, "--out", str(killed)], cwd=REPO, stderr=subprocess.DEVNULL)
-    checkpoint = killed / "experts" / SLUG / ".work" / "fold1" / "checkpoint.pt"
-    deadline = time.time() + 300
-    while time.time() < deadline and not checkpoint.exists():
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)  # mid-fold: fold 1 has a checkpoint, not its result
-    process.wait()
+    crashed = subprocess.run(  # SIGKILLs itself mid-fold: fold 1 has a checkpoint, not its result
+        [*args, "--out", str(killed)], cwd=REPO, stderr=subprocess.DEVNULL,
+        env={**os.environ, CRASH_VARIABLE: "checkpoint-fold1:1"},
+    )  # fmt: skip
+    assert crashed.returncode == -signal.SIGKILL
+    assert (killed / "experts" / SLUG / ".work" / "fold1" / "checkpoint.pt").is_file()
     assert not expert_path(killed, SLUG).exists()
     resumed = subprocess.run(
         [*args, "--out", str(killed), "-v"], check=True, cwd=REPO, capture_output=True, text=True

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from filelock import FileLock
 
+from stage1_embed.common import CRASH_VARIABLE
 from stage1_embed.config import Stage1Config
 from stage1_embed.errors import DataError, OutputError
 from stage1_embed.pipeline import run_stage1
@@ -63,6 +63,51 @@ def test_rerun_is_a_noop_and_changed_setting_recomputes(config: Stage1Config) ->
     assert flipped.results[0].status == "computed" and read_provenance(path)["tta_views"] == [
         "hflip"
     ]
+
+
+def test_a_changed_image_of_the_same_size_is_embedded_again_and_only_it(
+    config: Stage1Config,
+) -> None:
+    """Up to date means same bytes: an image replaced by another of the same name and byte
+    size, its mtime restored, is recomputed; the other rows are reused unchanged."""
+    run_stage1(config)
+    before = embeddings(config.out_dir).set_index("image_name")
+    folder = config.data_dir / "jpeg" / "train"
+    target, other = folder / "IMG_0001.jpg", folder / "IMG_0002.jpg"
+    size, times = target.stat().st_size, target.stat()
+    replacement = other.read_bytes()[:size].ljust(
+        size, b"\0"
+    )  # bytes after the JPEG's end are ignored
+    if len(other.read_bytes()) > size:
+        replacement = target.read_bytes()[:-200] + bytes(200)  # same size, a damaged tail
+    target.write_bytes(replacement)
+    os.utime(target, ns=(times.st_atime_ns, times.st_mtime_ns))
+    result = run_stage1(config).results[0]
+    assert result.status == "computed" and result.n_images == 1
+    after = embeddings(config.out_dir).set_index("image_name")
+    assert not np.array_equal(after.loc["IMG_0001", "vector"], before.loc["IMG_0001", "vector"])
+    for name in before.index.drop("IMG_0001"):
+        np.testing.assert_array_equal(after.loc[name, "vector"], before.loc[name, "vector"])
+    fresh = run_stage1(replace(config, out_dir=config.out_dir.with_name("fresh")))
+    assert fresh.results[0].n_images == 15
+    np.testing.assert_allclose(  # the reused + recomputed file equals a fresh folder's
+        np.stack(embeddings(config.out_dir).sort_values("image_name")["vector"]),
+        np.stack(embeddings(config.out_dir.with_name("fresh")).sort_values("image_name")["vector"]),
+        rtol=0, atol=1e-6,
+    )  # fmt: skip
+
+
+def test_a_changed_csv_value_rewrites_the_manifest_and_reuses_every_embedding(
+    config: Stage1Config,
+) -> None:
+    run_stage1(config)
+    csv = config.data_dir / "train.csv"
+    table = pd.read_csv(csv)
+    table["age_approx"] = 85.0
+    table.to_csv(csv, index=False)
+    assert run_stage1(config).results[0].status == "cached"
+    manifest, _ = read_manifest(config.out_dir)
+    assert (manifest.query("split == 'train'")["age_approx"] == 85.0).all()
 
 
 def test_same_embeddings_from_all_three_formats(config: Stage1Config) -> None:
@@ -151,17 +196,14 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
     subprocess.run(
         [*args, "--out", str(tmp_path / "clean")], check=True, cwd=REPO, capture_output=True
     )
-    process = subprocess.Popen(
-        [*args, "--out", str(tmp_path / "killed")], cwd=REPO, stderr=subprocess.DEVNULL
-    )
+    killed = subprocess.run(  # SIGKILLs itself once its third chunk is saved
+        [*args, "--out", str(tmp_path / "killed")], cwd=REPO, stderr=subprocess.DEVNULL,
+        env={**os.environ, CRASH_VARIABLE: "part:3"},
+    )  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL
     parts = tmp_path / "killed" / "embeddings" / ".parts"
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(parts.glob("*/part-*.parquet"))) < 3:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
     n_parts = len(list(parts.glob("*/part-*.parquet")))
-    assert n_parts >= 3 and not (tmp_path / "killed" / "embeddings" / f"{SLUG}.parquet").exists()
+    assert n_parts == 3 and not (tmp_path / "killed" / "embeddings" / f"{SLUG}.parquet").exists()
     resumed = subprocess.run(
         [*args, "--out", str(tmp_path / "killed")],
         check=True,

@@ -6,16 +6,17 @@ output folder, as a SLURM array or plain background processes run them.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from stage1_embed.common import CRASH_VARIABLE
 from tests.conftest import REPO, WEIGHTS, require
 
 pytestmark = pytest.mark.slow
@@ -95,15 +96,14 @@ def test_a_killed_shard_restarts_losing_at_most_one_chunk(
     jpegs: Path, reference: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "killed"
-    process = subprocess.Popen(shard(jpegs, out, 0, 2), cwd=REPO, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and len(parts_of(out)) < 2:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    killed = subprocess.run(  # SIGKILLs itself once its second chunk is saved
+        shard(jpegs, out, 0, 2), cwd=REPO, stderr=subprocess.DEVNULL,
+        env={**os.environ, CRASH_VARIABLE: "part:2"},
+    )  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL
     kept = len(parts_of(out))
     shard0_chunks = len(range(0, N_IMAGES // CHUNK, 2))
-    assert 2 <= kept < shard0_chunks  # killed mid-way, its finished chunks on disk
+    assert kept == 2 < shard0_chunks  # killed mid-way, its finished chunks on disk
     resumed = run(shard(jpegs, out, 0, 2))
     assert embedded(resumed) == (shard0_chunks - kept) * CHUNK  # only the unfinished chunks
     assert "wait for other shards" in resumed.stdout

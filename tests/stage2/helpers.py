@@ -43,6 +43,7 @@ def synthetic_manifest(
     n = len(frame)
     return frame.assign(source_format="jpeg", relative_path=[f"x/{i}.jpg" for i in range(n)],
                         width=rng.choice([512, 1024], n), height=512, file_size=rng.integers(10_000, 90_000, n),
+                        content_sha256=[f"{i:064x}" for i in range(n)],
                         read_status="ok", read_error=None)  # fmt: skip
 
 
@@ -74,7 +75,8 @@ def write_embedding_file(
     schema = with_provenance(embedding_schema(width), provenance)
     flat = pa.array(vectors.astype(np.float32).ravel(), pa.float32())
     table = pa.table([pa.array(keys["image_name"].astype(str)), pa.array(keys["split"].astype(str)),
-                      pa.FixedSizeListArray.from_arrays(flat, width)], schema=schema)  # fmt: skip
+                      pa.FixedSizeListArray.from_arrays(flat, width),
+                      pa.array([None] * len(keys), pa.string())], schema=schema)  # fmt: skip
     path = embeddings_path(out, slug)
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path)

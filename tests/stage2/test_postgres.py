@@ -22,6 +22,7 @@ from pathlib import Path
 import optuna
 import pytest
 
+from stage1_embed.common import CRASH_VARIABLE
 from stage2_boost.errors import ConfigError
 from stage2_boost.tune import open_storage, open_study
 from tests.conftest import REPO
@@ -58,7 +59,9 @@ def fresh_database(server: LocalPostgres) -> str:
     return server.create_database(f"t{os.getpid()}_{next(_database_counter)}")
 
 
-def worker(features: Path, out: Path, url: str, trials: int, *extra: str) -> subprocess.Popen:
+def worker(
+    features: Path, out: Path, url: str, trials: int, *extra: str, crash_at: str | None = None
+) -> subprocess.Popen:
     """One tuning worker, as a user starts it (its own --out: the folder lock is per worker)."""
     command = [sys.executable, "-m", "stage2_boost", "train", "--features", str(features),
                "--out", str(out), "--storage", url, "--trials", str(trials), "--models", "lgbm",
@@ -67,7 +70,8 @@ def worker(features: Path, out: Path, url: str, trials: int, *extra: str) -> sub
                "-v", *extra]  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     log = (out / "worker.log").open("w")
-    return subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    env = {**os.environ, **({CRASH_VARIABLE: crash_at} if crash_at else {})}
+    return subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
 def finished(process: subprocess.Popen, out: Path, timeout: float = 300) -> str:
@@ -128,31 +132,13 @@ def test_workers_opening_an_empty_database_at_the_same_instant(server: LocalPost
 
 
 def kill_a_worker_mid_trial(
-    features: Path, url: str, grace: tuple[str, ...], attempts: int = 5
+    features: Path, url: str, grace: tuple[str, ...]
 ) -> optuna.trial.FrozenTrial:
-    """SIGKILL a worker while its latest trial is RUNNING; returns that trial as left behind.
-    A trial can finish between the look and the kill (they take well under a second here): then
-    the kill landed between trials, and another worker is started and killed."""
-    for _ in range(attempts):
-        victim = worker(features, features / "victim", url, 500, *grace)
-        deadline = time.time() + 240
-        while time.time() < deadline:
-            time.sleep(0.2)
-            try:
-                trials = only_study(url).trials
-            except (ValueError, KeyError):  # no study yet
-                continue
-            states = [t.state for t in trials]
-            if States.COMPLETE in states and states[-1] == States.RUNNING:
-                break
-        else:
-            pytest.fail("the worker never ran a trial")
-        victim.send_signal(signal.SIGKILL)
-        victim.wait(30)
-        last = only_study(url).trials[-1]
-        if last.state == States.RUNNING:
-            return last
-    pytest.fail(f"no kill out of {attempts} landed inside a trial")
+    """A worker that SIGKILLs itself inside its second trial; returns that trial as left behind."""
+    victim = worker(features, features / "victim", url, 500, *grace, crash_at="trial:2")
+    victim.wait(240)
+    assert victim.returncode == -signal.SIGKILL
+    return only_study(url).trials[-1]
 
 
 def test_a_killed_worker_fails_its_trial_and_the_study_goes_on(
