@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 from filelock import FileLock, Timeout
 from scipy.special import expit
+from sklearn.metrics import brier_score_loss
 
 from stage1_embed.folds import EVAL_SEED_OFFSET, load_or_make_eval_folds, load_or_make_folds
 
@@ -27,7 +28,6 @@ from .metrics import auc, bootstrap_auc_ci
 from .model.calibration import (
     Platt,
     blend_logit,
-    brier,
     cross_fitted,
     expected_calibration_error,
 )
@@ -406,11 +406,11 @@ def _calibration_metrics(target: np.ndarray, blended: BlendResult) -> dict[str, 
         "method": "platt on the mean log-odds of the models, fitted on OOF predictions",
         "slope": blended.platt.slope,
         "intercept": blended.platt.intercept,
-        "brier": brier(target, calibrated),
+        "brier": brier_score_loss(target, calibrated),
         "ece": expected_calibration_error(target, calibrated),
-        "brier_uncalibrated": brier(target, raw),
+        "brier_uncalibrated": brier_score_loss(target, raw),
         "ece_uncalibrated": expected_calibration_error(target, raw),
-        "brier_base_rate": brier(target, np.full(len(target), target.mean())),
+        "brier_base_rate": brier_score_loss(target, np.full(len(target), target.mean())),
         "evaluated": "cross-fitted: each fold calibrated by a fit on the other folds",
     }
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from sklearn.metrics import roc_auc_score
+from timm.scheduler import CosineLRScheduler
 from torch.utils.data import DataLoader
 
 from ..common import atomic_path, crash_point
@@ -70,11 +71,11 @@ def train_fold(
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay
     )
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(recipe, steps_per_epoch))
+    schedule = _warmup_cosine(optimizer, recipe, steps_per_epoch)
     n_pos = max(1.0, float(fit_y.sum()))
     pos_weight = math.sqrt((len(fit_y) - n_pos) / n_pos) if recipe.balance == "weight" else 1.0
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight, device=device))
-    outcome, best_state, start = FoldOutcome(best_epoch=0), None, 0
+    outcome, best_state, start, schedule_step = FoldOutcome(best_epoch=0), None, 0, 0
     checkpoint = folder / "checkpoint.pt"
     if checkpoint.is_file():  # resume after the last finished epoch
         saved = torch.load(checkpoint, map_location=device, weights_only=True)
@@ -82,6 +83,7 @@ def train_fold(
         optimizer.load_state_dict(saved["optimizer"])
         schedule.load_state_dict(saved["schedule"])
         start = int(saved["epoch"]) + 1
+        schedule_step = start * steps_per_epoch
         outcome = FoldOutcome(
             int(saved["best_epoch"]), list(saved["inner_aucs"]), list(saved["losses"])
         )
@@ -104,7 +106,7 @@ def train_fold(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            schedule.step()
+            schedule.step_update(schedule_step := schedule_step + 1)
             total, seen = total + float(loss.detach()) * len(labels), seen + len(labels)
         outcome.losses.append(total / max(1, seen))
         inner = predict(model, store, stop, device, (), recipe)
@@ -152,14 +154,13 @@ def predict(
     return np.concatenate(out) if out else np.zeros(0)
 
 
-def _warmup_cosine(recipe: Recipe, steps_per_epoch: int):
+def _warmup_cosine(
+    optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int
+) -> CosineLRScheduler:
+    """timm's schedule, stepped per batch: a linear warm-up to ``lr`` over ``warmup_epochs``,
+    then a cosine decay to 1% of it at the last step."""
     warmup = max(1, int(recipe.warmup_epochs * steps_per_epoch))
     total = max(warmup + 1, recipe.epochs * steps_per_epoch)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / (total - warmup)
-        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
+    return CosineLRScheduler(optimizer, t_initial=total - warmup, lr_min=0.01 * recipe.lr,
+                             warmup_t=warmup, warmup_lr_init=recipe.lr / warmup, warmup_prefix=True,
+                             t_in_epochs=False)  # fmt: skip

@@ -171,7 +171,7 @@ def _settings(
     relevant = {
         "schema": SCHEMA, "backbone_spec": backbone.spec.text, "architecture": backbone.architecture,
         "weights": {"source": backbone.weights.source, "sha256": backbone.weights.sha256},
-        "recipe": config.recipe.to_json(), "folds_key": folds_key, "n_folds": config.n_folds,
+        "recipe": config.recipe.to_json(), "schedule": "timm CosineLRScheduler", "folds_key": folds_key, "n_folds": config.n_folds,
         "rows": hashlib.sha256("\n".join(rows["split"] + "/" + rows["image_name"]).encode()).hexdigest(),
     }  # fmt: skip
     digest = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -35,12 +35,10 @@ class LinearProbeFeatures(FeatureGroup):
         X = data.embeddings[self.slug][rows]
         y = data.target[rows]
         groups = data.frame["patient_id"].to_numpy()[rows]
-        oof = np.zeros(len(rows))
         splitter = StratifiedGroupKFold(INNER_FOLDS, shuffle=True, random_state=self.seed)
-        for inner_fit, inner_score in splitter.split(X, y, groups):
-            oof[inner_score] = (
-                _probe().fit(X[inner_fit], y[inner_fit]).decision_function(X[inner_score])
-            )
+        oof = cross_val_predict(
+            _probe(), X, y, groups=groups, cv=splitter, method="decision_function"
+        )
         self.oof_ = dict(zip(rows.tolist(), oof.tolist(), strict=True))
         self.model_ = _probe().fit(X, y)
         return self

@@ -52,10 +52,6 @@ def cross_fitted(score_logit: np.ndarray, target: np.ndarray, folds: np.ndarray)
     return out
 
 
-def brier(target: np.ndarray, probability: np.ndarray) -> float:
-    return float(np.mean((probability - target) ** 2))
-
-
 def expected_calibration_error(
     target: np.ndarray, probability: np.ndarray, bins: int = ECE_BINS
 ) -> float:

@@ -131,3 +131,20 @@ def test_a_killed_expert_run_resumes_to_the_same_probabilities(
     b = pd.read_parquet(expert_path(killed, SLUG))
     assert a[["image_name", "split", "fold"]].equals(b[["image_name", "split", "fold"]])
     np.testing.assert_allclose(a["expert"], b["expert"], atol=1e-6)  # deterministic on the CPU
+
+
+def test_the_schedule_warms_up_to_the_learning_rate_then_decays_to_one_percent() -> None:
+    import torch
+
+    from stage1_embed.experts.fold import _warmup_cosine
+
+    recipe = Recipe(epochs=4, warmup_epochs=0.5, lr=1e-3)
+    optimizer = torch.optim.AdamW(torch.nn.Linear(2, 1).parameters(), lr=recipe.lr)
+    schedule = _warmup_cosine(optimizer, recipe, steps_per_epoch=10)
+    lrs = []
+    for step in range(40):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        schedule.step_update(step + 1)
+    assert lrs[0] == pytest.approx(recipe.lr / 5) and max(lrs) == pytest.approx(recipe.lr)
+    assert lrs.index(max(lrs)) == 5 and lrs == sorted(lrs[:6]) + lrs[6:]
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.01 * recipe.lr)
