@@ -8,21 +8,18 @@ the whole real competition train.csv (33,126 images, 2,056 patients; metadata an
 features only, no images: the full-scale shape of a trial): (1) the full ``./run_all.sh``
 (stage 1 + stage 2, 20 trials per model), starting from an empty output folder (the ONNX export
 of the backbone stays cached in ~/.cache); then, ``--rounds`` times, side by side: (2)
-``./run_all.sh --stage 2 --trials 0`` (refit only: the fold features come from the fold cache)
-and (3) ``--stage 2 --trials 20``, each once in a process of its own
-(``MELANOMA_STAGE2_SERVER=off``) and once handed to the warm stage 2 server (started once, timed
-on its own; a private server folder, stopped at the end). Every run is a fresh ``./run_all.sh``
-process timed from outside; the time in trials comes from the Optuna studies' timestamps.
+``./run_all.sh --stage 2 --trials 0`` (refit only: fold features and refits come from the stage
+2 cache) and (3) ``--stage 2 --trials 20``. Every run is a fresh ``./run_all.sh`` process timed
+from outside; the time in trials comes from the Optuna studies' timestamps.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,18 +29,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import ISIC, REPO, WEIGHTS, isic_jpeg_layout, machine, require_shared
 
-SERVED = "run by the warm stage 2 server"
+REUSED = re.compile(r"refits-\w+ reused")
 
 
-def run(args: list[str], env: dict[str, str], served: bool) -> tuple[float, str]:
-    """Seconds of one ``./run_all.sh`` process, and its stderr; checks who ran stage 2."""
+def run(args: list[str]) -> tuple[float, str]:
+    """Seconds of one ``./run_all.sh`` process, and its stderr."""
     started = time.perf_counter()
     result = subprocess.run(["./run_all.sh", *args], cwd=REPO, check=True, capture_output=True,
-                            text=True, env=env)  # fmt: skip
-    seconds = time.perf_counter() - started
-    if (SERVED in result.stderr) != served:
-        raise SystemExit(f"expected served={served}, stderr:\n{result.stderr[-3000:]}")
-    return seconds, result.stderr
+                            text=True)  # fmt: skip
+    return time.perf_counter() - started, result.stderr
 
 
 def trial_seconds(storage: str, since: float) -> float:
@@ -58,13 +52,6 @@ def trial_seconds(storage: str, since: float) -> float:
             ):
                 total += (trial.datetime_complete - trial.datetime_start).total_seconds()
     return total
-
-
-def start_server(env: dict[str, str]) -> float:
-    started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "stage2_boost", "server", "start"], cwd=REPO,
-                   check=True, capture_output=True, env=env)  # fmt: skip
-    return time.perf_counter() - started
 
 
 def main() -> None:
@@ -86,45 +73,19 @@ def main() -> None:
     shutil.rmtree(out, ignore_errors=True)  # the full run starts from nothing (stage 1 included)
     base = ["--data", str(data), "--out", str(out), "--backbones", backbones]
     storage = f"sqlite:///{(out / 'stage2' / 'optuna.db').resolve()}"
-    server_dir = tempfile.mkdtemp(prefix="s2-bench-", dir="/tmp")  # short: a Unix socket path
-    alone = {**os.environ, "MELANOMA_STAGE2_SERVER": "off"}
-    served = {
-        **os.environ,
-        "MELANOMA_STAGE2_SERVER": "auto",
-        "MELANOMA_STAGE2_SERVER_DIR": server_dir,
-    }
     print(f"machine: {machine()}; dataset: {args.dataset}")
     rows = []
     since = time.time()
-    full, _ = run(base, alone, served=False)
-    rows.append(
-        (
-            "full `./run_all.sh` (stage 1 + 20 trials per model)",
-            full,
-            trial_seconds(storage, since),
-            "",
-        )
-    )
-    try:
-        preload = start_server(served)
-        for _ in range(args.rounds):
-            for label, env, is_served in (
-                ("own process", alone, False),
-                ("warm server", served, True),
-            ):
-                for trials in (0, 20):
-                    since = time.time()
-                    seconds, stderr = run(
-                        [*base, "--stage", "2", "--trials", str(trials)], env, is_served
-                    )
-                    reused = f"{stderr.count('refit reused')}/2"
-                    rows.append((f"`--stage 2 --trials {trials}`, {label}", seconds,
-                                 trial_seconds(storage, since), reused))  # fmt: skip
-    finally:
-        subprocess.run([sys.executable, "-m", "stage2_boost", "server", "stop"], cwd=REPO, env=served,
-                       capture_output=True)  # fmt: skip
-        shutil.rmtree(server_dir, ignore_errors=True)
-    print(f"warm server start-up (imports and warm-up, once): {preload:.1f} s")
+    full, _ = run(base)
+    rows.append(("full `./run_all.sh` (stage 1 + 20 trials per model)", full,
+                 trial_seconds(storage, since), ""))  # fmt: skip
+    for _ in range(args.rounds):
+        for trials in (0, 20):
+            since = time.time()
+            seconds, stderr = run([*base, "--stage", "2", "--trials", str(trials)])
+            reused = f"{len(REUSED.findall(stderr))}/2"
+            rows.append((f"`--stage 2 --trials {trials}`", seconds, trial_seconds(storage, since),
+                         reused))  # fmt: skip
     print("| run | wall time | in trials | share of the full run | refits reused |")
     print("| --- | --- | --- | --- | --- |")
     for label, seconds, trials, reused in rows:

@@ -1,7 +1,8 @@
 """The stage 1 -> stage 2 contract: file layout, columns, provenance metadata, validation.
 
-Stage 2 imports only this module (and the error hierarchy) from stage 1, so it must stay free of
-torch and image code. Every file is keyed by (split, image_name); no row order carries meaning.
+Stage 2 imports from stage 1 only this module, ``folds`` (the shared fold assignment), the error
+hierarchy and ``common``, so they must stay free of torch and image code. Every file is keyed by
+(split, image_name); no row order carries meaning.
 """
 
 from __future__ import annotations
