@@ -146,6 +146,17 @@ def library_versions(names: Iterable[str]) -> dict[str, str]:
     return found
 
 
+# --- cores ---------------------------------------------------------------------------------------
+
+
+def usable_cores() -> int:
+    """The cores this process may use: its CPU affinity and its cgroup's CPU quota (a container,
+    a SLURM job), not the machine's count. joblib (scikit-learn's) reads both."""
+    from joblib import cpu_count
+
+    return max(1, int(cpu_count()))
+
+
 # --- fault injection ----------------------------------------------------------------------------
 
 CRASH_VARIABLE = "MELANOMA_CRASH_AT"

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from .backbones import DEFAULT_BACKBONES
+from .common import usable_cores
 from .decode import DEFAULT_MAX_PIXELS
 from .errors import ConfigError
 
@@ -93,7 +93,7 @@ class Stage1Config:
 def auto_workers(device: str, cores: int | None = None) -> int:
     """Decode workers: on a GPU, enough to keep it fed; on a small CPU, none, because workers
     would only take cores from the model (benchmarks/README.md: 0.90 vs 0.85 on 2 cores)."""
-    cores = cores or os.cpu_count() or 1
+    cores = cores or usable_cores()
     if device.startswith("cuda"):
         return max(2, min(8, cores - 1))
     return 0 if cores <= 4 else min(4, cores // 4)

@@ -10,7 +10,6 @@ Batches come back in their order, so chunk contents and failures are as the sequ
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -18,15 +17,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 import torch
 
+from .common import usable_cores
 from .extract import Batch, ImageDataset, collate
 
 
 def cpu_threads() -> int:
-    """The cores this process may run on (its affinity mask, not the machine's count)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+    """One thread per core this process may use (affinity and cgroup quota)."""
+    return usable_cores()
 
 
 def embed_batch(

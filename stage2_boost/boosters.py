@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,12 +12,36 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
+from stage1_embed.common import usable_cores
+
 from .config import MODELS
 from .errors import ConfigError
 
-N_THREADS = os.cpu_count() or 1
+# A fit smaller than this (rows x features) always runs on one thread, whatever the cores: its
+# parallel regions are too short to gain from more (benchmarks/README.md, "Under load").
+SERIAL_CELLS = 2_000_000
+FOLDS = 5  # the default fold count: how many fits a cross-validation can run at once
 REPORT_EVERY = 10  # rounds between two reports of the early-stopping AUC to ``on_round``
 RoundCallback = Callable[[int, float], None]  # (rounds done, AUC on the early-stopping part)
+
+
+def plan_threads(
+    cores: int, n_rows: int, n_features: int | None, n_folds: int, device: str
+) -> tuple[int, int]:
+    """(folds fitted at once, OpenMP threads per fit) for ``cores`` threads in all.
+
+    The cores go to whole fits first: the folds of a cross-validation are independent, so they
+    run side by side, each fit on its own thread. A fit on several OpenMP threads waits at every
+    one of its many short parallel regions for all of them; when another process holds a core,
+    one of them is not running and the whole fit crawls (a full-scale trial beside one busy
+    process: 0.9 s -> 212 s with 2 threads per fit; 0.8 s -> 1.3 s with 2 single-thread folds at
+    once). Only the cores left over by the folds give a large fit more threads. Results do not
+    depend on how many fits run at once, only on the threads per fit (as in any OpenMP library)."""
+    if not device.startswith("cpu"):
+        return 1, cores  # one GPU: one fit at a time
+    workers = max(1, min(cores, n_folds))
+    small = n_features is not None and n_rows * n_features < SERIAL_CELLS
+    return workers, 1 if small else max(1, cores // workers)
 
 
 @dataclass
@@ -34,16 +58,16 @@ class BoosterAdapter(ABC):
     def __init__(
         self, seed: int = 0, max_rounds: int = 2000, early_stopping: int = 100,
         n_rows: int = 30_000, device: str = "cpu", threads: int | None = None,
-        search_bins: int | None = None,
+        search_bins: int | None = None, n_features: int | None = None, n_folds: int = FOLDS,
     ) -> None:  # fmt: skip
         self.seed, self.max_rounds, self.early_stopping = seed, max_rounds, early_stopping
         # Histogram bins of the early-stopped fits that tuning runs (None: the library's full
         # resolution, which the reported refits always use).
         self.search_bins = search_bins or self.full_bins
-        # Several tuning workers on one machine must share its cores: OpenMP threads beyond the
-        # cores spin against each other (2 workers x 2 threads on 2 cores ran 30x slower).
-        self.threads = threads or N_THREADS
         self.device = self.supported_device(device)
+        self.workers, self.threads = plan_threads(
+            threads or usable_cores(), n_rows, n_features, n_folds, self.device
+        )
         # Leaf-size bounds scale with the data: 200-row leaves cannot exist in a 300-row demo.
         self.max_leaf_rows = int(np.clip(n_rows // 10, 5, 200))
 
@@ -72,11 +96,12 @@ class BoosterAdapter(ABC):
     @abstractmethod
     def fit(
         self, prepared: Any, params: dict[str, Any], n_rounds: int | None = None,
-        on_round: RoundCallback | None = None,
+        on_round: RoundCallback | None = None, stop: threading.Event | None = None,
     ) -> Fitted:  # fmt: skip
         """Without ``n_rounds``: up to ``max_rounds``, stopping early on the stop part (never the
         reported fold); ``on_round`` gets the stop part's AUC every ``REPORT_EVERY`` rounds and
-        may raise to end the fit (pruning). With ``n_rounds``: exactly that many rounds."""
+        may raise to end the fit (pruning). With ``n_rounds``: exactly that many rounds. Once
+        ``stop`` is set, the fit raises ``Stopped`` at its next round (another fold was pruned)."""
 
     @abstractmethod
     def predict(self, fitted: Fitted, X: pd.DataFrame) -> np.ndarray:
@@ -140,23 +165,23 @@ class LightGBMAdapter(BoosterAdapter):
 
     def fit(
         self, prepared: Any, params: dict[str, Any], n_rounds: int | None = None,
-        on_round: RoundCallback | None = None,
+        on_round: RoundCallback | None = None, stop: threading.Event | None = None,
     ) -> Fitted:  # fmt: skip
         import lightgbm as lgb
 
-        train, stop, dataset_params = prepared
+        train, stopping, dataset_params = prepared
         full = {"objective": "binary", "metric": "auc", "verbosity": -1, "num_threads": self.threads,
                 "seed": self.seed, "bagging_freq": 1, "deterministic": True, "force_row_wise": True,
                 **dataset_params, **params}  # fmt: skip
+        callbacks: list[Callable[..., Any]] = [] if stop is None else [_lightgbm_stopper(stop)]
         if n_rounds is not None:
-            return Fitted(lgb.train(full, train, num_boost_round=n_rounds), n_rounds)
-        callbacks: list[Callable[..., Any]] = [
-            lgb.early_stopping(self.early_stopping, verbose=False)
-        ]
+            booster = lgb.train(full, train, num_boost_round=n_rounds, callbacks=callbacks)
+            return Fitted(booster, n_rounds)
+        callbacks.append(lgb.early_stopping(self.early_stopping, verbose=False))
         if on_round is not None:
             callbacks.append(_lightgbm_reporter(on_round))
         booster = lgb.train(
-            full, train, num_boost_round=self.max_rounds, valid_sets=[stop], callbacks=callbacks
+            full, train, num_boost_round=self.max_rounds, valid_sets=[stopping], callbacks=callbacks
         )
         return Fitted(booster, int(booster.best_iteration or booster.current_iteration()))
 
@@ -225,20 +250,23 @@ class XGBoostAdapter(BoosterAdapter):
 
     def fit(
         self, prepared: Any, params: dict[str, Any], n_rounds: int | None = None,
-        on_round: RoundCallback | None = None,
+        on_round: RoundCallback | None = None, stop: threading.Event | None = None,
     ) -> Fitted:  # fmt: skip
         import xgboost as xgb
 
-        train, stop, bins = prepared
+        train, stopping, bins = prepared
         full = {"objective": "binary:logistic", "eval_metric": "auc", "tree_method": "hist",
                 "max_bin": bins, "nthread": self.threads, "seed": self.seed,
                 "device": self.device, **params}  # fmt: skip
+        callbacks = [] if stop is None else [_xgboost_stopper(stop)]
         if n_rounds is not None:
-            return Fitted(xgb.train(full, train, num_boost_round=n_rounds), n_rounds)
+            booster = xgb.train(full, train, num_boost_round=n_rounds, callbacks=callbacks)
+            return Fitted(booster, n_rounds)
+        if on_round is not None:
+            callbacks.append(_xgboost_reporter(on_round))
         booster = xgb.train(
-            full, train, num_boost_round=self.max_rounds, evals=[(stop, "stop")],
-            early_stopping_rounds=self.early_stopping, verbose_eval=False,
-            callbacks=[_xgboost_reporter(on_round)] if on_round is not None else None,
+            full, train, num_boost_round=self.max_rounds, evals=[(stopping, "stop")],
+            early_stopping_rounds=self.early_stopping, verbose_eval=False, callbacks=callbacks,
         )  # fmt: skip
         return Fitted(booster, int(booster.best_iteration) + 1)
 
@@ -276,6 +304,30 @@ class XGBoostAdapter(BoosterAdapter):
                 matrix, iteration_range=(0, fitted.best_iteration), pred_contribs=True
             )
         )
+
+
+class Stopped(Exception):
+    """A fit ended early because its cross-validation stops (another fold was pruned)."""
+
+
+def _lightgbm_stopper(stop: threading.Event) -> Callable[[Any], None]:
+    def check(env: Any) -> None:
+        if stop.is_set():
+            raise Stopped
+
+    return check
+
+
+def _xgboost_stopper(stop: threading.Event) -> Any:
+    import xgboost as xgb
+
+    class Stopper(xgb.callback.TrainingCallback):
+        def after_iteration(self, model: Any, epoch: int, evals_log: dict) -> bool:
+            if stop.is_set():
+                raise Stopped
+            return False
+
+    return Stopper()
 
 
 def _lightgbm_reporter(on_round: RoundCallback) -> Callable[[Any], None]:

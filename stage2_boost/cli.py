@@ -49,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--threads",
         type=int,
-        help="threads per booster (default: all cores); several workers on one machine: cores / workers",
+        help="threads the boosters use in all (default: the cores this process may use, from its "
+        "affinity and cgroup quota): folds are fitted side by side, one thread each; several "
+        "workers on one machine: cores / workers",
     )
     t.add_argument(
         "--search-bins",

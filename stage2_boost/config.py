@@ -40,9 +40,7 @@ class Stage2Config:
     report: bool = True
     experts: tuple[str, ...] = ()  # slugs of FEATURES/experts/<slug>.parquet to stack
     expert_transform: str = "logit"  # logit | rank
-    threads: int | None = (
-        None  # booster threads (default: all cores); workers sharing a machine: cores / workers
-    )
+    threads: int | None = None  # boosters' threads in all (default: usable cores; plan_threads)
     device: str = "cpu"  # cpu | cuda | auto: where XGBoost trains (LightGBM: CPU; boosters.py)
     no_cache: bool = False  # compute afresh instead of reusing OUT/cache (cache.py)
     extra_data: tuple[Path, ...] = ()  # --extra-data: dataset folders or stage 1 output folders

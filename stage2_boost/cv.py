@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,29 +129,46 @@ def cross_validate(
 
     Without ``n_rounds`` each fold early-stops on its inner split (tuning). With it, every fold
     trains that many rounds on its whole training part, so the folds' models are alike and their
-    pooled out-of-fold predictions comparable (the reported evaluation)."""
+    pooled out-of-fold predictions comparable (the reported evaluation).
+
+    ``adapter.workers`` folds are fitted at once (boosters.plan_threads); results are taken in
+    fold order, so ``on_fold`` sees exactly what a one-at-a-time run would. When a fold stops
+    the cross-validation, the fits still running stop at their next round."""
+    stop = threading.Event()
+
+    def fit(fold: FoldMatrices) -> tuple[Fitted, np.ndarray, np.ndarray | None]:
+        report = None if on_round is None else functools.partial(on_round, fold.fold)
+        native = fold.native(adapter, whole=n_rounds is not None)
+        fitted = adapter.fit(native, params, n_rounds, report, stop)
+        test = adapter.predict(fitted, fold.X_test) if fold.X_test is not None else None
+        return fitted, adapter.predict(fitted, fold.X_valid), test
+
     n = sum(len(f.valid_rows) for f in folds)
     oof, aucs, iterations, tests = np.full(n, np.nan), [], [], []
     kept: list[Fitted] = []
     gains: dict[str, float] = {}
     offsets = np.cumsum([0] + [len(f.valid_rows) for f in folds])
-    for fold, start in zip(folds, offsets[:-1], strict=True):
-        report = None if on_round is None else functools.partial(on_round, fold.fold)
-        fitted = adapter.fit(
-            fold.native(adapter, whole=n_rounds is not None), params, n_rounds, report
-        )
-        pred = adapter.predict(fitted, fold.X_valid)
-        oof[start : start + len(pred)] = pred
-        aucs.append(float(roc_auc_score(fold.y_valid, pred)))
-        iterations.append(fitted.best_iteration)
-        for name, gain in adapter.gain_importance(fitted).items():
-            gains[name] = gains.get(name, 0.0) + gain / len(folds)
-        if fold.X_test is not None:
-            tests.append(adapter.predict(fitted, fold.X_test))
-        if keep_models:
-            kept.append(fitted)
-        if on_fold is not None:
-            on_fold(fold.fold, float(np.mean(aucs)))
+    with ThreadPoolExecutor(max(1, min(adapter.workers, len(folds)))) as pool:
+        futures = [pool.submit(fit, fold) for fold in folds]
+        try:
+            for fold, start, future in zip(folds, offsets[:-1], futures, strict=True):
+                fitted, pred, test = future.result()
+                oof[start : start + len(pred)] = pred
+                aucs.append(float(roc_auc_score(fold.y_valid, pred)))
+                iterations.append(fitted.best_iteration)
+                for name, gain in adapter.gain_importance(fitted).items():
+                    gains[name] = gains.get(name, 0.0) + gain / len(folds)
+                if test is not None:
+                    tests.append(test)
+                if keep_models:
+                    kept.append(fitted)
+                if on_fold is not None:
+                    on_fold(fold.fold, float(np.mean(aucs)))
+        except BaseException:
+            stop.set()  # the other fits end at their next round; their ``Stopped`` is dropped
+            for future in futures:
+                future.cancel()
+            raise
     test_pred = np.mean(tests, axis=0) if tests else None
     return CVResult(oof, aucs, iterations, test_pred, gains, kept)
 

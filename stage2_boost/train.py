@@ -302,7 +302,7 @@ def _tune_and_evaluate(
     device = resolve_device(config.device)
     adapter = create_booster(name, seed=config.seed, max_rounds=config.max_rounds, device=device, threads=config.threads,
                              early_stopping=config.early_stopping, n_rows=len(tuning[0].fit_rows),
-                             search_bins=config.search_bins)  # fmt: skip
+                             n_features=tuning[0].X_fit.shape[1], search_bins=config.search_bins)  # fmt: skip
     full_name = study_name(data.dataset, name, _feature_key(feature_set))
     study = open_study(storage, full_name, config.seed, exclusive=config.storage is None,
                        prune_rounds=config.prune_rounds)  # fmt: skip
@@ -441,7 +441,8 @@ def _auc_without_acquisition(
     for model in models:
         device = resolve_device(config.device)
         adapter = create_booster(model.name, seed=config.seed, max_rounds=config.max_rounds, device=device, threads=config.threads,
-                                 early_stopping=config.early_stopping, n_rows=len(folds[0].fit_rows))  # fmt: skip
+                                 early_stopping=config.early_stopping, n_rows=len(folds[0].fit_rows),
+                                 n_features=folds[0].X_fit.shape[1])  # fmt: skip
         preds.append(cross_validate(adapter, folds, model.params, n_rounds=model.n_rounds).oof)
     target = data.target[oof_rows(folds)]
     return auc(target, blend_logit(*preds))

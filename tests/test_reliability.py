@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from stage1_embed.pipeline import run_stage1
 from stage1_embed.schema import read_embeddings
 from stage2_boost.config import Stage2Config
 from stage2_boost.train import run_training
-from tests.conftest import REPO, WEIGHTS, require
+from tests.conftest import ISIC, REPO, WEIGHTS, require
 from tests.stage2.helpers import FAST
 
 
@@ -140,3 +141,52 @@ def test_stage2_refuses_features_made_from_an_older_csv(tiny_dataset: Path, tmp_
         ContractError, match=r"has changed since stage 1.*features are stale.*--stage 1"
     ):
         load_stage_data(tmp_path / "out", None)
+
+
+_ONE_TRIAL = """
+import sys, time
+from pathlib import Path
+from stage1_embed.folds import make_folds
+from stage2_boost.boosters import LightGBMAdapter
+from stage2_boost.cv import cross_validate, prepare_folds
+from stage2_boost.data import load_stage_data
+from stage2_boost.features import create_feature_groups
+data = load_stage_data(Path(sys.argv[1]), None)
+rows = data.split_index("train")
+folds = prepare_folds(data, rows, make_folds(data.frame.iloc[rows], 5, 42),
+                      lambda: create_feature_groups(["metadata", "patient"], [], "pca", 4, 0), 42)
+adapter = LightGBMAdapter(seed=0, n_rows=len(folds[0].fit_rows), n_features=folds[0].X_fit.shape[1])
+for fold in folds:
+    fold.native(adapter)
+started = time.perf_counter()
+cross_validate(adapter, folds, adapter.default_params())
+print(time.perf_counter() - started)
+"""
+
+
+def _trial_seconds(features: Path) -> float:
+    done = subprocess.run([sys.executable, "-c", _ONE_TRIAL, str(features)], cwd=REPO,
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_a_trial_beside_a_busy_process_is_not_many_times_slower(tmp_path: Path) -> None:
+    """One busy process in a session of its own (another terminal's pure-Python loop) takes one
+    of the two cores. A full-scale LightGBM trial (the real train.csv, metadata + patient) ran
+    85-210x slower beside it when one fold at a time had every core (each of its short OpenMP
+    regions waited for the thread that was not running); with folds side by side, one thread
+    each, it loses about what the lost core is worth."""
+    csv = require(ISIC / "csv" / "train.csv")
+    run_stage1(Stage1Config(data_dir=tmp_path, train_csv=csv, out_dir=tmp_path / "out",
+                            backbones=(), progress=False))  # fmt: skip
+    _trial_seconds(tmp_path / "out")  # warm the page cache and the imports
+    alone = min(_trial_seconds(tmp_path / "out") for _ in range(2))
+    other = subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True)
+    try:
+        time.sleep(0.5)
+        beside = _trial_seconds(tmp_path / "out")
+    finally:
+        other.kill()
+        other.wait()
+    assert beside < 3 * alone + 0.5, f"{beside:.1f} s beside a busy process, {alone:.1f} s alone"

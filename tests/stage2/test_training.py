@@ -16,7 +16,7 @@ from stage1_embed.folds import make_folds
 from stage1_embed.schema import read_manifest
 from stage2_boost.boosters import BOOSTERS, create_booster
 from stage2_boost.config import Stage2Config
-from stage2_boost.cv import prepare_folds
+from stage2_boost.cv import cross_validate, prepare_folds
 from stage2_boost.data import load_stage_data
 from stage2_boost.errors import ConfigError, ContractError
 from stage2_boost.features import create_feature_groups
@@ -315,3 +315,28 @@ def test_metadata_only_on_the_real_train_csv(tmp_path: Path) -> None:
                                        n_bootstrap=200, report=False))  # fmt: skip
     assert result.metrics["n_train"] == 33126 and result.metrics["n_pos"] == 584
     assert result.metrics["oof_auc"] >= 0.70
+
+
+def test_threads_go_to_whole_folds_first() -> None:
+    from stage2_boost.boosters import plan_threads
+
+    assert plan_threads(2, 33_126, 11, 5, "cpu") == (2, 1)  # two folds at once, a thread each
+    assert plan_threads(16, 33_126, 203, 5, "cpu") == (5, 3)  # spare cores: threads per fit
+    assert plan_threads(16, 1_847, 40, 5, "cpu") == (5, 1)  # a small fit stays on one thread
+    assert plan_threads(1, 33_126, 203, 5, "cpu") == (1, 1)
+    assert plan_threads(8, 33_126, 203, 5, "cuda") == (1, 8)  # one GPU: one fit at a time
+
+
+@pytest.mark.parametrize("name", sorted(BOOSTERS))
+def test_folds_side_by_side_give_what_one_at_a_time_gives(features: Path, name: str) -> None:
+    data = load_stage_data(features, None)
+    rows = data.split_index("train")
+    folds = prepare_folds(data, rows, make_folds(data.frame.iloc[rows], 3, 0),
+                          lambda: create_feature_groups(["metadata", "embedding"], ["bb"], "pca", 4, 0), 0)  # fmt: skip
+    together = create_booster(name, max_rounds=100, early_stopping=10, threads=3)
+    alone = create_booster(name, max_rounds=100, early_stopping=10, threads=1)
+    assert (together.workers, alone.workers) == (3, 1)
+    params = together.default_params()
+    a, b = cross_validate(together, folds, params), cross_validate(alone, folds, params)
+    np.testing.assert_array_equal(a.oof, b.oof)
+    assert a.fold_aucs == b.fold_aucs and a.best_iterations == b.best_iterations
