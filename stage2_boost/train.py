@@ -15,6 +15,7 @@ from filelock import FileLock, Timeout
 from scipy.special import expit
 from sklearn.metrics import brier_score_loss
 
+from stage1_embed.common import usable_cores
 from stage1_embed.folds import EVAL_SEED_OFFSET, load_or_make_eval_folds, load_or_make_folds
 
 from .boosters import create_booster, resolve_device
@@ -142,6 +143,7 @@ def _train_locked(config: Stage2Config, out: Path) -> RunResult:
                                      experts, config.expert_transform)  # fmt: skip
 
     cache = ContentCache(None if config.no_cache else out / CACHE_DIR)
+    workers = min(config.threads or usable_cores(), config.n_folds)  # folds built side by side
     key_parts = {"groups": groups, "backbones": backbones, "reduction": config.reduction,
                  "n_components": n_components, "experts": experts,
                  "expert_transform": config.expert_transform}  # fmt: skip
@@ -151,7 +153,8 @@ def _train_locked(config: Stage2Config, out: Path) -> RunResult:
     def fold_matrices(split: np.ndarray, seed: int, test: np.ndarray | None) -> list[FoldMatrices]:
         key = content_key("folds", inputs, key_parts, train_rows, split, seed, test, extra_rows)
         return cached_folds(cache, key, lambda: prepare_folds(
-            data, train_rows, split, make_groups, seed, test, extra_rows), make_groups, data.target)  # fmt: skip
+            data, train_rows, split, make_groups, seed, test, extra_rows, workers), make_groups,
+            data.target)  # fmt: skip
 
     tuning = fold_matrices(folds, config.seed, None)
     evaluation = fold_matrices(eval_folds, eval_seed, test_rows)
@@ -436,7 +439,7 @@ def _auc_without_acquisition(
     """Same parameters, acquisition features removed: how much of the AUC is the clinic?"""
     reduced = tuple(g for g in groups if g != "acquisition")
     folds = prepare_folds(data, train_rows, eval_folds, lambda: make_groups(reduced), eval_seed,
-                          None, extra_rows)  # fmt: skip
+                          None, extra_rows, min(config.threads or usable_cores(), config.n_folds))  # fmt: skip
     preds = []
     for model in models:
         device = resolve_device(config.device)
