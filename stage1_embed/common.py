@@ -135,6 +135,32 @@ def json_digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
+SEAL = "manifest_sha256"  # a manifest's digest of its own content, without this key
+
+
+def seal(manifest: dict[str, Any]) -> dict[str, Any]:
+    """``manifest`` with its own digest added, so an edit of any value in it can be detected."""
+    body = {k: v for k, v in manifest.items() if k != SEAL}
+    return {**body, SEAL: json_digest(body)}
+
+
+def folder_integrity_problem(folder: Path, manifest: dict[str, Any], name: str) -> str | None:
+    """What is wrong with a sealed folder (its manifest ``name`` edited, or a listed file missing,
+    changed or truncated), in a sentence; None when everything is as it was written."""
+    if manifest.get(SEAL) != seal(manifest)[SEAL]:
+        return (f"{Path(folder) / name} has been edited since it was written (its content no longer "
+                f"matches its {SEAL})")  # fmt: skip
+    for relative, expected in manifest.get("files", {}).items():
+        path = Path(folder) / relative
+        if not path.is_file():
+            return f"{path} is missing"
+        if path.stat().st_size != expected["bytes"] or file_sha256(path) != expected["sha256"]:
+            return (
+                f"{path} has changed since it was written (its size or sha256 differs from {name})"
+            )
+    return None
+
+
 def library_versions(names: Iterable[str]) -> dict[str, str]:
     """Installed versions of ``names`` ('not installed' when absent), for provenance."""
     found = {}

@@ -1,8 +1,8 @@
 """Stage 1 for scoring with a saved model (``--model DIR``): the model's backbones with the model's
 exact preprocessing, its weights checked by sha256, and datasets without a train.csv or any CSV.
 
-Stage 1 reads only the ``backbones`` part of the model's ``model.json`` (plain JSON); stage 2
-verifies the whole folder before it scores.
+Stage 1 checks the whole model folder (``model.json``'s own digest and every file's sha256) before
+it embeds anything, then reads the ``backbones`` part; stage 2 checks it again before it scores.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 
+from .common import folder_integrity_problem
 from .errors import ConfigError, DataError, WeightsError
 from .metadata import read_split_csv
 from .sources.jpeg import EXTENSIONS
@@ -51,9 +52,16 @@ def model_backbones(model_dir: Path) -> list[ModelBackbone]:
             "OUT/stage2/model folder of a training run."
         )
     try:
-        backbones = json.loads(path.read_text())["backbones"]
+        manifest = json.loads(path.read_text())
+        backbones = manifest["backbones"]
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise ConfigError(f"{path} is damaged ({err}). Copy the model folder again.") from None
+    problem = folder_integrity_problem(Path(model_dir), manifest, MODEL_MANIFEST)
+    if problem is not None:
+        raise ConfigError(
+            f"--model {model_dir}: {problem}. Copy the whole model folder again or retrain; a "
+            "changed model would give wrong probabilities (nothing was embedded)."
+        )
     return [
         ModelBackbone(p["backbone_spec"], slug, p["preprocessing"], tuple(p.get("tta_views") or ()),
                       p.get("precision") or "fp32", int(p.get("chunk_size") or 1024),

@@ -13,8 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from stage1_embed.common import seal
 from stage1_embed.config import Stage1Config
-from stage1_embed.errors import WeightsError
+from stage1_embed.errors import ConfigError, WeightsError
 from stage1_embed.pipeline import run_stage1
 from stage2_boost.config import Stage2Config
 from stage2_boost.errors import ModelError
@@ -135,6 +136,8 @@ def test_tampered_truncated_foreign_and_newer_models_are_refused(
         "newer": (lambda m: _edit_manifest(m, schema_version=99), "newer melanoma-stack"),
         "foreign": (lambda m: (m / "model.json").write_text("{}"), "not a melanoma-stack model"),
         "damaged": (lambda m: (m / "model.json").write_text("{"), "damaged"),
+        "edited": (lambda m: _edit_manifest(m, blend={"platt": {"slope": 9.0, "intercept": 0.0}}),
+                   r"model\.json has been edited"),
     }  # fmt: skip
     for name, (damage, message) in cases.items():
         copy = tmp_path / name
@@ -155,11 +158,29 @@ def test_other_weights_than_the_models_stop_stage_1(
     manifest = json.loads((model / "model.json").read_text())
     (slug,) = manifest["backbones"]
     manifest["backbones"][slug]["weights"]["sha256"] = "0" * 64
-    (model / "model.json").write_text(json.dumps(manifest))
+    (model / "model.json").write_text(json.dumps(seal(manifest)))  # as if trained with them
     config = Stage1Config(data_dir=demo, out_dir=tmp_path / "f", backbones=(manifest["backbones"][slug]["backbone_spec"],),
                           model_dir=model, num_workers=0, progress=False)  # fmt: skip
     with pytest.raises(WeightsError, match="trained with weights of sha256 0000"):
         run_stage1(config)
+
+
+def test_an_edited_model_json_stops_stage_1_before_it_embeds(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """model.json covers itself: a changed calibration slope gave exit 0 and other
+    probabilities before; now one clear error, before any image is embedded."""
+    demo, original = trained
+    model = tmp_path / "model"
+    shutil.copytree(original, model)
+    _edit_manifest(model, blend={"method": "edited", "platt": {"slope": 9.0, "intercept": 0.0}})
+    (slug,) = json.loads((model / "model.json").read_text())["backbones"]
+    spec = json.loads((model / "model.json").read_text())["backbones"][slug]["backbone_spec"]
+    config = Stage1Config(data_dir=demo, out_dir=tmp_path / "f", backbones=(spec,), model_dir=model,
+                          num_workers=0, progress=False)  # fmt: skip
+    with pytest.raises(ConfigError, match=r"model\.json has been edited"):
+        run_stage1(config)
+    assert not (tmp_path / "f" / "embeddings").exists()
 
 
 def test_predict_refuses_features_made_with_other_preprocessing(

@@ -190,3 +190,18 @@ def test_a_trial_beside_a_busy_process_is_not_many_times_slower(tmp_path: Path) 
         other.kill()
         other.wait()
     assert beside < 3 * alone + 0.5, f"{beside:.1f} s beside a busy process, {alone:.1f} s alone"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_outputs_written_atomically_respect_the_umask(tmp_path: Path, umask: int) -> None:
+    """A temp-file-then-rename output used to keep mkstemp's private 0600 (manifest.parquet,
+    metrics.json, predictions.csv), unreadable by a teammate beside the 0644 boosters."""
+    before = os.umask(umask)
+    try:
+        common.atomic_write_text(tmp_path / "metrics.json", "{}")
+        with common.atomic_folder(tmp_path / "model") as staging:
+            (staging / "model.json").write_text("{}")
+    finally:
+        os.umask(before)
+    assert (tmp_path / "metrics.json").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (tmp_path / "model").stat().st_mode & 0o777 == 0o777 & ~umask

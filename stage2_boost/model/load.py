@@ -15,7 +15,7 @@ from typing import Any
 from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
-from stage1_embed.common import file_sha256
+from stage1_embed.common import folder_integrity_problem
 
 from ..boosters import BoosterAdapter, Fitted, create_booster
 from ..errors import ModelError
@@ -113,18 +113,12 @@ def read_manifest(folder: Path) -> dict[str, Any]:
 
 
 def _verify_files(folder: Path, manifest: dict[str, Any]) -> None:
-    for relative, expected in manifest["files"].items():
-        path = folder / relative
-        if not path.is_file():
-            raise ModelError(
-                f"{path} is missing from the model. Copy the whole model folder again."
-            )
-        if path.stat().st_size != expected["bytes"] or file_sha256(path) != expected["sha256"]:
-            raise ModelError(
-                f"{path} has changed since the model was saved (its size or sha256 differs from "
-                f"{MANIFEST}): it is truncated, damaged or edited. Copy the model again or retrain; "
-                "a changed model would give wrong probabilities."
-            )
+    problem = folder_integrity_problem(folder, manifest, MANIFEST)
+    if problem is not None:
+        raise ModelError(
+            f"{problem}: the model is truncated, damaged or edited. Copy the whole model folder "
+            "again or retrain; a changed model would give wrong probabilities."
+        )
 
 
 def _arrays(path: Path) -> dict[str, Any]:

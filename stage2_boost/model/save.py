@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import save_file
 
-from stage1_embed.common import atomic_folder, file_sha256, library_versions
+from stage1_embed.common import atomic_folder, file_sha256, library_versions, seal
 
 from ..boosters import BoosterAdapter
 from ..cv import FoldMatrices
@@ -75,7 +75,7 @@ def save_model(target: Path, content: ModelContent) -> Path:
     target = Path(target)
     with atomic_folder(target) as staging:
         manifest = _write_files(staging, content)
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        (staging / MANIFEST).write_text(json.dumps(seal(manifest), indent=2, sort_keys=True))
     return target
 
 
