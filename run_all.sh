@@ -2,6 +2,7 @@
 # melanoma-stack end to end: stage 1 (CNN embeddings) then stage 2 (tuned boosters, OOF AUC, report).
 # With no arguments it runs on the synthetic demo dataset (generated on first use).
 set -euo pipefail
+CALLER_DIR="$PWD"  # relative paths given on the command line mean what they mean here
 cd "$(dirname "$0")"
 
 usage() {
@@ -40,38 +41,49 @@ Usage: ./run_all.sh [options]
   --explain           with --model: each image's top contributions by feature group
   --smoke             tiny and fast (a small demo, one backbone, 2 trials): checks the install
   -h, --help          this help
+
+Paths are taken relative to the folder you run it from. --split and --explain need --model;
+--backbones, --trials, --features, --timeout, --storage, --extra-data, --drop-extra-duplicates
+and --experts are for training and are refused with --model.
 USAGE
 }
 
 die() { echo "error: $*" >&2; echo "run ./run_all.sh --help for usage" >&2; exit 2; }
 need() { [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value"; }
+from_caller() { case "$1" in /*) echo "$1" ;; *) echo "$CALLER_DIR/$1" ;; esac; }
 
-EXTRA_ARGS=() DROP_DUPLICATES=0 MODEL="" PREDICT_ARGS=() EXPERTS="" EXPERT_EXTRA=()
+TRAINING_FLAGS=() SCORING_FLAGS=() EXTRA_ARGS=() DROP_DUPLICATES=0 MODEL="" PREDICT_ARGS=() EXPERTS="" EXPERT_EXTRA=()
 DATA="" OUT="" BACKBONES="" TRIALS=20 FEATURES="" TIMEOUT="" STORAGE="" WEIGHTS_DIR="" DEVICE=auto STAGE=all SMOKE=0
 while [ $# -gt 0 ]; do
   case "$1" in
-    --data) need "$@"; DATA="$2"; shift 2 ;;
-    --out) need "$@"; OUT="$2"; shift 2 ;;
-    --backbones) need "$@"; BACKBONES="$2"; shift 2 ;;
-    --trials) need "$@"; TRIALS="$2"; shift 2 ;;
-    --features) need "$@"; FEATURES="$2"; shift 2 ;;
-    --timeout) need "$@"; TIMEOUT="$2"; shift 2 ;;
-    --storage) need "$@"; STORAGE="$2"; shift 2 ;;
-    --weights-dir) need "$@"; WEIGHTS_DIR="$2"; shift 2 ;;
-    --extra-data) need "$@"; EXTRA_ARGS+=(--extra-data "$2"); shift 2 ;;
-    --drop-extra-duplicates) DROP_DUPLICATES=1; shift ;;
+    --data) need "$@"; DATA="$(from_caller "$2")"; shift 2 ;;
+    --out) need "$@"; OUT="$(from_caller "$2")"; shift 2 ;;
+    --backbones) need "$@"; BACKBONES="$2"; TRAINING_FLAGS+=("$1"); shift 2 ;;
+    --trials) need "$@"; TRIALS="$2"; TRAINING_FLAGS+=("$1"); shift 2 ;;
+    --features) need "$@"; FEATURES="$2"; TRAINING_FLAGS+=("$1"); shift 2 ;;
+    --timeout) need "$@"; TIMEOUT="$2"; TRAINING_FLAGS+=("$1"); shift 2 ;;
+    --storage) need "$@"; STORAGE="$2"; TRAINING_FLAGS+=("$1"); shift 2 ;;
+    --weights-dir) need "$@"; WEIGHTS_DIR="$(from_caller "$2")"; shift 2 ;;
+    --extra-data) need "$@"; EXTRA_ARGS+=(--extra-data "$(from_caller "$2")"); TRAINING_FLAGS+=("$1"); shift 2 ;;
+    --drop-extra-duplicates) DROP_DUPLICATES=1; TRAINING_FLAGS+=("$1"); shift ;;
     --device) need "$@"; DEVICE="$2"; shift 2 ;;
     --stage) need "$@"; STAGE="$2"; shift 2 ;;
-    --model) need "$@"; MODEL="$2"; shift 2 ;;
-    --experts) need "$@"; EXPERTS="$2"; shift 2 ;;
-    --split) need "$@"; PREDICT_ARGS+=(--split "$2"); shift 2 ;;
-    --explain) PREDICT_ARGS+=(--explain); shift ;;
+    --model) need "$@"; MODEL="$(from_caller "$2")"; shift 2 ;;
+    --experts) need "$@"; EXPERTS="$2"; TRAINING_FLAGS+=("$1"); shift 2 ;;
+    --split) need "$@"; PREDICT_ARGS+=(--split "$2"); SCORING_FLAGS+=("$1"); shift 2 ;;
+    --explain) PREDICT_ARGS+=(--explain); SCORING_FLAGS+=("$1"); shift ;;
     --smoke) SMOKE=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) die "unknown option '$1'" ;;
   esac
 done
 case "$STAGE" in 1|2|all) ;; *) die "--stage must be 1, 2 or all (got '$STAGE')" ;; esac
+if [ -z "$MODEL" ] && [ ${#SCORING_FLAGS[@]} -gt 0 ]; then
+  die "${SCORING_FLAGS[0]} applies to scoring with a saved model: add --model DIR (a training run's OUT/stage2/model)"
+fi
+if [ -n "$MODEL" ] && [ ${#TRAINING_FLAGS[@]} -gt 0 ]; then
+  die "${TRAINING_FLAGS[0]} applies to training; scoring with --model uses the model's own backbones, features and boosters (drop ${TRAINING_FLAGS[0]}, or drop --model to train)"
+fi
 case "$DEVICE" in auto|cpu|cuda|cuda:*) ;; *) die "--device must be auto, cpu or cuda (got '$DEVICE')" ;; esac
 [[ "$TRIALS" =~ ^[0-9]+$ ]] || die "--trials must be a whole number (got '$TRIALS')"
 
@@ -102,7 +114,7 @@ if [ -n "$MODEL" ]; then  # scoring with a saved model: no training
   fi
   echo "== scoring with $MODEL"
   python -m stage2_boost predict --model "$MODEL" --features "$OUT" --out "$OUT" "${PREDICT_ARGS[@]}"
-  echo "== done in $(( $(date +%s) - START )) s (predictions: $OUT/predictions.csv)"
+  echo "== done in $(( $(date +%s) - START )) s (predictions: $(cd "$OUT" && pwd)/predictions.csv)"
   exit 0
 fi
 if [ "$STAGE" != 2 ]; then
@@ -127,4 +139,4 @@ if [ "$STAGE" != 1 ]; then
   echo "== stage 2: tuned LightGBM + XGBoost ($OUT -> $OUT/stage2)"
   python -m stage2_boost "${ARGS[@]}" "${EXTRA_ARGS[@]}" "${STAGE2_EXTRA[@]}"
 fi
-echo "== done in $(( $(date +%s) - START )) s (dataset $DATA, outputs $OUT)"
+echo "== done in $(( $(date +%s) - START )) s (dataset $(cd "$DATA" && pwd), outputs $(cd "$OUT" && pwd))"

@@ -13,9 +13,9 @@ import pytest
 from tests.conftest import REPO
 
 
-def run(args: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+def run(args: list[str], cwd: Path = REPO, **kwargs: object) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run(args, cwd=REPO, capture_output=True, text=True, env=env, **kwargs)  # type: ignore[call-overload]
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env, **kwargs)  # type: ignore[call-overload]
 
 
 @pytest.mark.parametrize("args", [["--bogus"], ["--stage", "3"], ["--trials", "many"], ["--data"]])
@@ -93,3 +93,34 @@ def test_smoke_run_then_stage2_rerun_leaves_stage1_untouched(tmp_path: Path) -> 
     )
     for name in ("roc.png", "fold_auc.png", "importance.png", "auc_by_subgroup.png", "report.md"):
         assert (out / "stage2" / "report" / name).stat().st_size > 1000, name
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--explain", "--stage", "2"], "--explain applies to scoring with a saved model"),
+        (["--split", "train", "--stage", "2"], "--split applies to scoring with a saved model"),
+        (["--model", "{tmp}", "--data", "{tmp}", "--trials", "5"], "--trials applies to training"),
+        (["--model", "{tmp}", "--data", "{tmp}", "--features", "metadata"], "--features applies"),
+    ],
+)
+def test_run_all_refuses_flags_of_the_other_mode(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    """These ran a 20-trial training (and replaced the saved model) or were ignored."""
+    result = run(["bash", "run_all.sh", *[a.format(tmp=tmp_path) for a in args]])
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def test_run_all_paths_are_relative_to_the_callers_folder(tmp_path: Path) -> None:
+    """`cd ~ && path/to/run_all.sh --data x` used to look for x inside the repository."""
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "train.csv").write_text(
+        "image_name,patient_id,sex,age_approx,anatom_site_general_challenge,target\n"
+        + "".join(f"I{i},P{i % 6},male,{30 + i},torso,{int(i % 4 == 0)}\n" for i in range(24))
+    )
+    result = run(["bash", str(REPO / "run_all.sh"), "--data", "mine", "--out", "out", "--backbones",
+                  "none", "--stage", "1"], cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "out" / "manifest.parquet").is_file()
+    assert f"outputs {tmp_path / 'out'}" in result.stdout  # the final line says where, absolutely
