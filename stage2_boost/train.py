@@ -118,6 +118,9 @@ def _train_locked(config: Stage2Config, out: Path) -> RunResult:
         config.experts,
     )
     groups = resolve_groups(config, data)
+    if not set(groups) & IMAGE_GROUPS:  # a metadata-only run neither uses nor needs embeddings
+        data.embeddings.clear()
+        data.embedding_provenance.clear()
     backbones = sorted(data.embeddings)
     (train_rows, extra_rows), test_rows = data.train_index(), data.split_index("test")
     train = data.frame.iloc[train_rows]

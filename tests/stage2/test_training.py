@@ -340,3 +340,16 @@ def test_folds_side_by_side_give_what_one_at_a_time_gives(features: Path, name: 
     a, b = cross_validate(together, folds, params), cross_validate(alone, folds, params)
     np.testing.assert_array_equal(a.oof, b.oof)
     assert a.fold_aucs == b.fold_aucs and a.best_iterations == b.best_iterations
+
+
+def test_a_metadata_only_run_names_no_backbone(config: Stage2Config) -> None:
+    """It used to list every embedding file present in its summary, runs.csv and saved model
+    (so scoring with it embedded images for nothing)."""
+    from stage2_boost.cli import format_run_summary
+
+    result = run_training(replace(config, feature_groups=("metadata", "patient"), models=("lgbm",)))
+    assert result.metrics["backbones"] == [] and result.metrics["backbone_provenance"] == {}
+    assert "backbones none (metadata only)" in format_run_summary(result.metrics, result.out_dir)
+    assert pd.read_csv(result.out_dir / "runs.csv")["backbones"].tolist() == ["-"]
+    saved = json.loads((result.out_dir / "model" / "model.json").read_text())
+    assert saved["backbones"] == {}
