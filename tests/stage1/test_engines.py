@@ -139,7 +139,7 @@ def test_onnx_on_a_many_core_cpu_decodes_in_threads_not_worker_processes(
     from stage1_embed import config as config_module
     from stage1_embed.pipeline import _embed_settings
 
-    monkeypatch.setattr(config_module.os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(config_module, "usable_cores", lambda: 16)
     base = Stage1Config(data_dir=tmp_path, out_dir=tmp_path / "out", device="cpu")
     assert _embed_settings(replace(base, engine="onnx")).num_workers == 0
     assert _embed_settings(replace(base, engine="torch")).num_workers == 4
