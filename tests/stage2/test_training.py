@@ -95,12 +95,16 @@ def test_tuning_fits_use_the_search_bins_and_refits_the_full_ones(
     assert bins(folds[0].native(full)) == full.full_bins  # a separate entry, not the coarse one
 
 
-@pytest.mark.parametrize("name", sorted(BOOSTERS))
-def test_round_pruning_stops_a_poor_trial_inside_its_first_fold(features: Path, name: str) -> None:
+def _three_folds(features: Path) -> list:
     data = load_stage_data(features, None)
     rows = data.split_index("train")
-    folds = prepare_folds(data, rows, make_folds(data.frame.iloc[rows], 3, 0),
-                          lambda: create_feature_groups(["metadata", "embedding"], ["bb"], "pca", 4, 0), 0)  # fmt: skip
+    return prepare_folds(data, rows, make_folds(data.frame.iloc[rows], 3, 0),
+                         lambda: create_feature_groups(["metadata", "embedding"], ["bb"], "pca", 4, 0), 0)  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(BOOSTERS))
+def test_round_pruning_stops_a_poor_trial_inside_its_first_fold(features: Path, name: str) -> None:
+    folds = _three_folds(features)
     adapter = create_booster(name, max_rounds=200, early_stopping=200)
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner(
         n_startup_trials=2, n_warmup_steps=ROUND_WARMUP))  # fmt: skip
@@ -329,10 +333,7 @@ def test_threads_go_to_whole_folds_first() -> None:
 
 @pytest.mark.parametrize("name", sorted(BOOSTERS))
 def test_folds_side_by_side_give_what_one_at_a_time_gives(features: Path, name: str) -> None:
-    data = load_stage_data(features, None)
-    rows = data.split_index("train")
-    folds = prepare_folds(data, rows, make_folds(data.frame.iloc[rows], 3, 0),
-                          lambda: create_feature_groups(["metadata", "embedding"], ["bb"], "pca", 4, 0), 0)  # fmt: skip
+    folds = _three_folds(features)
     together = create_booster(name, max_rounds=100, early_stopping=10, threads=3)
     alone = create_booster(name, max_rounds=100, early_stopping=10, threads=1)
     assert (together.workers, alone.workers) == (3, 1)
