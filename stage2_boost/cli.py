@@ -102,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("runs", "the run log"),
     ):
         s = sub.add_parser(name, help=helptext)
-        s.add_argument("--out", type=Path, default=Path("data/out/stage2"), help="stage 2 folder")
+        s.add_argument("--out", type=Path, help="stage 2 folder (default: the newest "
+                       "data/out/*/stage2 that holds one, which ./run_all.sh writes)")  # fmt: skip
         if name == "inspect":
             s.add_argument("--storage", help="Optuna storage URL (default sqlite:///OUT/optuna.db)")
             s.add_argument("--study", help="study name (default: list all)")
@@ -188,6 +189,21 @@ def format_run_summary(metrics: dict, out: Path) -> str:
     return "\n".join(lines)
 
 
+def newest_stage2(holding: str, root: Path = Path("data/out")) -> Path:
+    """The most recently written ``root/*/stage2`` folder that holds ``holding``; says which."""
+    from .errors import OutputError
+
+    found = sorted(root.glob(f"*/stage2/{holding}"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise OutputError(
+            f"No stage 2 folder under {root}/ holds {holding}: train first (./run_all.sh), or "
+            "pass --out with the stage 2 folder (e.g. --out data/out/my-isic/stage2)."
+        )
+    print(f"(the newest stage 2 folder under {root}/: {found[-1].parent}; --out chooses another)",
+          file=sys.stderr)  # fmt: skip
+    return found[-1].parent
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; the exit code: 0, 2 for a user error (one paragraph), 130 on Ctrl-C."""
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
@@ -206,10 +222,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "inspect":
             from .inspect_studies import inspect_command
 
-            return inspect_command(args.out, args.storage, args.study, args.top)
+            out = args.out or (None if args.storage else newest_stage2("optuna.db"))
+            return inspect_command(out or Path("."), args.storage, args.study, args.top)
+        from .outputs import RUNS_FILE
         from .runs import print_runs
 
-        return print_runs(args.out)
+        return print_runs(args.out or newest_stage2(RUNS_FILE))
 
     return run_cli(_main)
 

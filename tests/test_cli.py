@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -124,3 +125,21 @@ def test_run_all_paths_are_relative_to_the_callers_folder(tmp_path: Path) -> Non
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "out" / "manifest.parquet").is_file()
     assert f"outputs {tmp_path / 'out'}" in result.stdout  # the final line says where, absolutely
+
+
+def test_runs_defaults_to_the_newest_stage2_folder_run_all_wrote(tmp_path: Path) -> None:
+    """`runs` looked in data/out/stage2, which ./run_all.sh never writes."""
+    from stage2_boost.outputs import RUNS_FILE, append_run
+
+    for name in ("older", "newer"):
+        row = {"time": "2026-12-03 10:00:00", "run_id": f"run-{name}", "feature_groups": "metadata",
+               "backbones": "-", "trials": 1, "oof_auc": 0.7, "ci_low": 0.6, "ci_high": 0.8,
+               "tuning_auc": 0.7, "n_train": 10, "n_pos": 2, "n_extra": 0, "seconds": 1.0}  # fmt: skip
+        append_run(row, tmp_path / "data" / "out" / name / "stage2" / RUNS_FILE)
+        time.sleep(0.05)  # distinct modification times
+    result = run([sys.executable, "-m", "stage2_boost", "runs"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "run-newer" in result.stdout and "run-older" not in result.stdout
+    assert str(Path("data/out/newer/stage2")) in result.stderr
+    empty = run([sys.executable, "-m", "stage2_boost", "runs"], cwd=tmp_path / "data")
+    assert empty.returncode == 2 and "pass --out" in empty.stderr
