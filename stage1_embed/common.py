@@ -103,7 +103,15 @@ def atomic_folder(target: Path, replace: bool = True) -> Iterator[Path]:
 
 
 def _umask() -> int:
-    mask = os.umask(0)
+    """The process umask, read without changing it (``os.umask`` can only be read by setting
+    it, which would give a file another thread creates meanwhile the wrong mode)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0)  # no /proc (not Linux): the set-and-restore read
     os.umask(mask)
     return mask
 

@@ -90,8 +90,7 @@ def prepare_folds(
     ``extra_rows`` (extra training sets) join the fit part of every fold: they never validate and
     never decide early stopping, which stays on the primary data's own patients. ``workers``
     folds are built side by side, BLAS and OpenMP on one thread each, for the reason the fits
-    are (boosters.plan_threads): the 1,847 JPEGs' 20-trial run took 38 s alone and 84 s beside
-    a busy process with BLAS on both cores, 22 s and 20 s with one thread."""
+    are (boosters.plan_threads; benchmarks/README.md, "Under load")."""
     from threadpoolctl import threadpool_limits
 
     def build(fold: int) -> FoldMatrices:

@@ -146,7 +146,6 @@ def _train_locked(config: Stage2Config, out: Path) -> RunResult:
                                      experts, config.expert_transform)  # fmt: skip
 
     cache = ContentCache(None if config.no_cache else out / CACHE_DIR)
-    workers = min(config.threads or usable_cores(), config.n_folds)  # folds built side by side
     key_parts = {"groups": groups, "backbones": backbones, "reduction": config.reduction,
                  "n_components": n_components, "experts": experts,
                  "expert_transform": config.expert_transform}  # fmt: skip
@@ -156,7 +155,8 @@ def _train_locked(config: Stage2Config, out: Path) -> RunResult:
     def fold_matrices(split: np.ndarray, seed: int, test: np.ndarray | None) -> list[FoldMatrices]:
         key = content_key("folds", inputs, key_parts, train_rows, split, seed, test, extra_rows)
         return cached_folds(cache, key, lambda: prepare_folds(
-            data, train_rows, split, make_groups, seed, test, extra_rows, workers), make_groups,
+            data, train_rows, split, make_groups, seed, test, extra_rows, _fold_workers(config)),
+            make_groups,
             data.target)  # fmt: skip
 
     tuning = fold_matrices(folds, config.seed, None)
@@ -166,9 +166,8 @@ def _train_locked(config: Stage2Config, out: Path) -> RunResult:
     feature_set["experts"] = experts
     feature_set["expert_transform"] = config.expert_transform
     # the study is tied to the data it tunes on: other data, other study (same data: shared)
-    feature_set["data_fingerprint"] = data_digest(inputs, key_parts, train_rows, folds, extra_rows)[
-        :12
-    ]
+    fingerprint = data_digest(inputs, key_parts, train_rows, folds, extra_rows)
+    feature_set["data_fingerprint"] = fingerprint[:12]
     _warn_if_too_few_positives(feature_set["n_features"], n_pos_all)
     # the default SQLite file is this run's alone (the folder is locked): no heartbeats needed
     storage = open_storage(config.storage_url, config.heartbeat_grace, config.storage is not None)
@@ -195,6 +194,11 @@ def _train_locked(config: Stage2Config, out: Path) -> RunResult:
     metrics["seconds"] = round(time.perf_counter() - started, 1)
     _write_outputs(out, data, models, evaluation, metrics, config, blend, cache)
     return RunResult(run_id, metrics, out, models)
+
+
+def _fold_workers(config: Stage2Config) -> int:
+    """How many folds' features are built at once (as boosters.plan_threads fits them)."""
+    return min(config.threads or usable_cores(), config.n_folds)
 
 
 def _check_expert_folds(data: StageData, eval_key: str, config: Stage2Config) -> None:
@@ -308,7 +312,8 @@ def _tune_and_evaluate(
     device = resolve_device(config.device)
     adapter = create_booster(name, seed=config.seed, max_rounds=config.max_rounds, device=device, threads=config.threads,
                              early_stopping=config.early_stopping, n_rows=len(tuning[0].fit_rows),
-                             n_features=tuning[0].X_fit.shape[1], search_bins=config.search_bins)  # fmt: skip
+                             n_features=tuning[0].X_fit.shape[1], n_folds=config.n_folds,
+                             search_bins=config.search_bins)  # fmt: skip
     full_name = study_name(data.dataset, name, _feature_key(feature_set))
     study = open_study(storage, full_name, config.seed, exclusive=config.storage is None,
                        prune_rounds=config.prune_rounds)  # fmt: skip
@@ -442,13 +447,13 @@ def _auc_without_acquisition(
     """Same parameters, acquisition features removed: how much of the AUC is the clinic?"""
     reduced = tuple(g for g in groups if g != "acquisition")
     folds = prepare_folds(data, train_rows, eval_folds, lambda: make_groups(reduced), eval_seed,
-                          None, extra_rows, min(config.threads or usable_cores(), config.n_folds))  # fmt: skip
+                          None, extra_rows, _fold_workers(config))  # fmt: skip
     preds = []
     for model in models:
         device = resolve_device(config.device)
         adapter = create_booster(model.name, seed=config.seed, max_rounds=config.max_rounds, device=device, threads=config.threads,
                                  early_stopping=config.early_stopping, n_rows=len(folds[0].fit_rows),
-                                 n_features=folds[0].X_fit.shape[1])  # fmt: skip
+                                 n_features=folds[0].X_fit.shape[1], n_folds=config.n_folds)  # fmt: skip
         preds.append(cross_validate(adapter, folds, model.params, n_rounds=model.n_rounds).oof)
     target = data.target[oof_rows(folds)]
     return auc(target, blend_logit(*preds))
