@@ -232,7 +232,7 @@ class XGBoostAdapter(BoosterAdapter):
         }
 
     def default_params(self) -> dict[str, Any]:
-        return {"eta": 0.05, "max_depth": 4, "min_child_weight": 0.5, "subsample": 0.8,
+        return {"eta": 0.05, "max_depth": 4, "min_child_weight": min(0.5, self.max_leaf_rows / 20), "subsample": 0.8,
                 "colsample_bytree": 0.8, "lambda": 1.0, "scale_pos_weight": 1.0}  # fmt: skip
 
     def prepare(

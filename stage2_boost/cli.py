@@ -1,4 +1,4 @@
-"""``python -m stage2_boost {train,predict,inspect,runs}``: the CPU half, rerun in seconds.
+"""``python -m stage2_boost {train,predict,inspect,runs,compare}``: the CPU half, rerun in seconds.
 
 The parser imports nothing heavy: ``--help``, ``runs`` and ``inspect`` never load LightGBM,
 XGBoost or torch (``runs`` not Optuna either); each command imports what it uses."""
@@ -12,6 +12,7 @@ from pathlib import Path
 from stage1_embed.common import run_cli, setup_logging
 
 from .config import GROUPS, MODELS, PRUNE_ROUNDS, SEARCH_BINS
+from .errors import ConfigError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="fine-tuned experts to stack (backbone specs or slugs of FEATURES/experts/*.parquet)",
     )
     t.add_argument("--expert-transform", default="logit", choices=["logit", "rank"])
+    t.add_argument(
+        "--ablate",
+        action="store_true",
+        help="also refit the chosen models without each feature group in turn (tuned parameters "
+        "kept, no new search): what each group is worth, with paired intervals",
+    )
     t.add_argument("--no-report", action="store_true")
     t.add_argument(
         "--no-cache",
@@ -100,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name, helptext in (
         ("inspect", "list Optuna studies, or show one with plots"),
         ("runs", "the run log"),
+        (
+            "compare",
+            "did a change help? two runs' OOF metrics with paired patient-bootstrap intervals",
+        ),
     ):
         s = sub.add_parser(name, help=helptext)
         s.add_argument("--out", type=Path, help="stage 2 folder (default: the newest "
@@ -108,6 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--storage", help="Optuna storage URL (default sqlite:///OUT/optuna.db)")
             s.add_argument("--study", help="study name (default: list all)")
             s.add_argument("--top", type=int, default=5, help="best trials to show")
+        if name == "compare":
+            s.add_argument("run_a", nargs="?", help="baseline run: id, unique prefix, latest or "
+                           "best (default: the second newest run)")  # fmt: skip
+            s.add_argument("run_b", nargs="?", help="the run to judge (default: the newest)")
+            s.add_argument("--baseline", choices=["best"], help="compare with the best other run")
+            s.add_argument("--model", default="blend", help="blend (default) or a model: lgbm, xgb")
+            s.add_argument("--bootstrap", type=int, default=1000, help="patient resamples")
+            s.add_argument("--json", action="store_true", help="print one JSON object")
     pr = sub.add_parser("predict", help="score embedded images with a saved model")
     pr.add_argument("--model", type=Path, required=True, help="model folder (OUT/stage2/model)")
     pr.add_argument("--features", dest="features_dir", type=Path, required=True,
@@ -144,6 +163,7 @@ def _train(args: argparse.Namespace) -> int:
         models=_split(args.models) or (), n_folds=args.folds, seed=args.seed, n_trials=args.trials,
         timeout=args.timeout, storage=args.storage, max_rounds=args.max_rounds,
         early_stopping=args.early_stopping, n_bootstrap=args.bootstrap, report=not args.no_report,
+        ablate=args.ablate,
         extra_data=tuple(args.extra_data), heartbeat_grace=args.heartbeat_grace,
         save_model=args.save_model, no_cache=args.no_cache, device=args.device,
         experts=_expert_slugs(args.experts), expert_transform=args.expert_transform, threads=args.threads,
@@ -181,12 +201,59 @@ def format_run_summary(metrics: dict, out: Path) -> str:
     if extra.get("n_rows"):
         lines.append(f"  extra training rows: {extra['n_rows']} ({extra['n_pos']} malignant) from "
                      f"{', '.join(extra['sources'])}; AUCs above are on the primary rows only")  # fmt: skip
-    if "oof_auc_without_acquisition" in metrics:
-        lines.append(
-            f"  blend without acquisition features: {metrics['oof_auc_without_acquisition']:.4f}"
-        )
+    lines += clinical_lines(metrics)
+    lines += ablation_lines(metrics.get("ablation") or {})
+    versus = metrics.get("versus") or {}
+    for role, entry in versus.items():
+        if role == "best" and entry["run"] == versus["previous"]["run"]:
+            continue
+        low, high = entry["delta_auc_ci95"]
+        lines.append(f"  versus the {role} run on these images ({entry['run']}, {entry['oof_auc']:.4f}): "
+                     f"ΔAUC {entry['delta_auc']:+.4f} [{low:+.4f}, {high:+.4f}], paired")  # fmt: skip
+    best = versus.get("best")
+    if best and best["delta_auc_ci95"][1] < 0:
+        lines.append(f"  WORSE than run {best['run']}: {out / 'model'} now holds this run's model; that "
+                     f"run's is in {out / 'runs' / best['run'] / 'model'} (--model takes either)")  # fmt: skip
     lines.append(f"outputs: {out} (report: {out / 'report' / 'report.md'})")
     return "\n".join(lines)
+
+
+def clinical_lines(metrics: dict) -> list[str]:
+    """The blend's ISIC 2024 metrics with their intervals; the unsupported ones say why."""
+    from .metrics import METRICS
+
+    parts, missing = [], []
+    for name, (label, _) in METRICS.items():
+        if name == "auc":
+            continue
+        value = metrics.get(f"oof_{name}")
+        if value is None:
+            missing.append(name)
+            continue
+        low, high = metrics[f"oof_{name}_ci95"]
+        parts.append(f"{label} {value:.3f} [{low:.3f}, {high:.3f}]")
+    lines = ["  blend " + "; ".join(parts[i : i + 2]) for i in range(0, len(parts), 2)]
+    reasons = metrics.get("not_reported") or {}
+    lines += [f"  not reported: {name} ({reasons.get(name)})" for name in missing]
+    return lines
+
+
+def ablation_lines(ablation: dict) -> list[str]:
+    rows = ablation.get("groups") or []
+    if not rows:
+        return []
+    lines = ["  what each feature group is worth (blend with it minus without it, tuned parameters "
+             "kept, paired 95% CI):"]  # fmt: skip
+    for row in rows:
+        low, high = row["delta_auc_ci95"]
+        pauc = ""
+        if row.get("delta_pauc80") is not None:
+            plow, phigh = row["delta_pauc80_ci95"]
+            pauc = f"; ΔpAUC80 {row['delta_pauc80']:+.4f} [{plow:+.4f}, {phigh:+.4f}]"
+        lines.append(
+            f"    {row['group']:<14} ΔAUC {row['delta_auc']:+.4f} [{low:+.4f}, {high:+.4f}]{pauc}"
+        )
+    return lines
 
 
 def newest_stage2(holding: str, root: Path = Path("data/out")) -> Path:
@@ -225,6 +292,18 @@ def main(argv: list[str] | None = None) -> int:
             out = args.out or (None if args.storage else newest_stage2("optuna.db"))
             return inspect_command(out or Path("."), args.storage, args.study, args.top)
         from .outputs import RUNS_FILE
+
+        if args.command == "compare":
+            from .compare import compare_command
+
+            if args.baseline and args.run_a and args.run_b:
+                raise ConfigError(
+                    "Give two runs or --baseline best with at most one run, not both."
+                )
+            run_b = args.run_b or (args.run_a if args.baseline else None)
+            run_a = None if args.baseline else args.run_a
+            return compare_command(args.out or newest_stage2(RUNS_FILE), run_a, run_b,
+                                   args.baseline, args.model, args.bootstrap, args.json)  # fmt: skip
         from .runs import print_runs
 
         return print_runs(args.out or newest_stage2(RUNS_FILE))

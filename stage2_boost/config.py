@@ -38,6 +38,7 @@ class Stage2Config:
     early_stopping: int = 100
     n_bootstrap: int = 1000
     report: bool = True
+    ablate: bool = False  # refit without each feature group in turn (compare.ablation_table)
     experts: tuple[str, ...] = ()  # slugs of FEATURES/experts/<slug>.parquet to stack
     expert_transform: str = "logit"  # logit | rank
     threads: int | None = None  # boosters' threads in all (default: usable cores; plan_threads)

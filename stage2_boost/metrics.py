@@ -1,77 +1,218 @@
-"""AUC and patient-bootstrap confidence intervals (the blend and calibration: model/calibration.py)."""
+"""AUC, the ISIC 2024 challenge's clinical metrics, and patient-bootstrap intervals for them.
+
+Every metric is read off one ROC curve per bootstrap replicate: the scores are sorted once, and
+each replicate's (patient-multiplicity) weights are summed cumulatively along that order, so 1,000
+replicates of 33,000 images take about a second instead of minutes of ``roc_curve`` calls.
+
+scikit-learn has neither DeLong's test nor AUC intervals (an open feature request), and DeLong's
+test assumes independent images while ours cluster in patients: the patient bootstrap is the
+interval to read; :func:`delong_paired_p` is printed beside it, labelled as such.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+from scipy.stats import norm, rankdata
 from sklearn.metrics import roc_auc_score
 
 _CHUNK_CELLS = 4_000_000  # replicates x rows held in memory at once (32 MB of float64)
+_EPS = 1e-9
+
+# name -> (what it is, whether lower is better)
+METRICS: dict[str, tuple[str, bool]] = {
+    "auc": ("ROC AUC", False),
+    "pauc80": ("pAUC above 80% sensitivity (ISIC 2024, range 0-0.2)", False),
+    "sens_at_spec90": ("sensitivity at 90% specificity", False),
+    "sens_at_spec95": ("sensitivity at 95% specificity", False),
+    "spec_at_sens95": ("specificity at 95% sensitivity", False),
+    "review_at_sens80": ("lesions reviewed per melanoma found at 80% sensitivity", True),
+    "review_at_sens90": ("lesions reviewed per melanoma found at 90% sensitivity", True),
+}
+# A metric read at an operating point needs at least 2 images of the class beyond that point
+# (e.g. 95% sensitivity: 2 / 0.05 = 40 malignant images), else its value is one image's luck.
+_NEEDS = {"auc": (1, 1), "pauc80": (10, 1), "sens_at_spec90": (10, 20),
+          "sens_at_spec95": (10, 40), "spec_at_sens95": (40, 1), "review_at_sens80": (10, 1),
+          "review_at_sens90": (20, 1)}  # fmt: skip
 
 
 def auc(target: np.ndarray, score: np.ndarray) -> float:
     return float(roc_auc_score(target, score))
 
 
-def bootstrap_auc_ci(
-    target: np.ndarray, score: np.ndarray, patients: np.ndarray, n_boot: int = 1000, seed: int = 0
-) -> tuple[float, float]:
-    """95% interval of the AUC when whole patients are resampled with replacement.
+def unsupported(metric: str, n_pos: int, n_neg: int) -> str | None:
+    """Why ``metric`` is not reported on data with these class counts (None: it is)."""
+    pos, neg = _NEEDS[metric]
+    if n_pos < pos:
+        return f"needs at least {pos} malignant images, these data have {n_pos}"
+    if n_neg < neg:
+        return f"needs at least {neg} benign images, these data have {n_neg}"
+    return None
 
-    A replicate that draws a patient k times weights its images by k; replicates without both
-    classes are skipped. The AUCs equal scikit-learn's weighted ``roc_auc_score`` per replicate
-    (ties count one half) but are computed for many replicates at once from one sort of the
-    scores: 1,000 replicates take milliseconds instead of seconds."""
-    codes, _ = _factorize(patients)
+
+def curve_metrics(
+    target: np.ndarray, score: np.ndarray, weights: np.ndarray, groups: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """Every metric of :data:`METRICS` under each row of ``weights`` (NaN where a replicate has
+    no positive or no negative weight). ``weights``: replicates x rows; or, with ``groups`` (a
+    group index per row), replicates x groups, row i weighing ``weights[:, groups[i]]`` (a patient
+    bootstrap's multiplicities, expanded to rows one chunk of replicates at a time).
+
+    The ROC curve has one point per distinct score (ties move together, so the trapezoid counts a
+    tie one half, as scikit-learn's weighted ``roc_auc_score`` does). pAUC80 is the area between
+    the curve and the line TPR = 0.8, which equals the ISIC 2024 scorer's partial AUC of the
+    label- and score-flipped curve up to FPR 0.2. Operating points are the curve's own points,
+    never interpolated ones."""
+    target = np.asarray(target, bool)
+    score = np.asarray(score, np.float64)
+    groups = np.arange(len(score)) if groups is None else np.asarray(groups)
+    order = np.argsort(-score, kind="stable")
+    ordered = score[order]
+    ends = np.flatnonzero(np.r_[ordered[1:] != ordered[:-1], True])  # last row of each tie block
+    positive, row_groups = target[order], groups[order]
+    out = {name: np.empty(len(weights)) for name in METRICS}
+    step = max(1, _CHUNK_CELLS // max(1, len(score)))
+    for begin in range(0, len(weights), step):
+        w = np.asarray(weights[begin : begin + step][:, row_groups], np.float64)
+        zero = np.zeros((len(w), 1))
+        tp = np.hstack([zero, np.cumsum(w * positive, axis=1)[:, ends]])
+        fp = np.hstack([zero, np.cumsum(w * ~positive, axis=1)[:, ends]])
+        for name, values in _from_curve(tp, fp).items():
+            out[name][begin : begin + step] = values
+    return out
+
+
+def _from_curve(tp: np.ndarray, fp: np.ndarray) -> dict[str, np.ndarray]:
+    """The metrics from cumulative true/false positive weights (replicates x curve points)."""
+    total_pos, total_neg = tp[:, -1:], fp[:, -1:]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpr, fpr = tp / total_pos, fp / total_neg
+        width = np.diff(fpr, axis=1)
+        low, high = tpr[:, :-1], tpr[:, 1:]
+        above_low, above_high = low - 0.8, high - 0.8
+        crossing = width * np.clip(above_high, 0, None) ** 2 / (2 * (above_high - above_low))
+        pauc = np.where(above_low >= 0, width * (above_low + above_high) / 2,
+                        np.where(above_high > 0, crossing, 0.0))  # fmt: skip
+        values = {
+            "auc": (width * (low + high) / 2).sum(axis=1),
+            "pauc80": pauc.sum(axis=1),
+            "sens_at_spec90": np.where(fpr <= 0.10 + _EPS, tpr, 0.0).max(axis=1),
+            "sens_at_spec95": np.where(fpr <= 0.05 + _EPS, tpr, 0.0).max(axis=1),
+            "spec_at_sens95": 1 - np.where(tpr >= 0.95 - _EPS, fpr, 1.0).min(axis=1),
+        }
+        for level in (80, 90):
+            first = np.argmax(tpr >= level / 100 - _EPS, axis=1)[:, None]
+            found = np.take_along_axis(tp, first, axis=1)[:, 0]
+            flagged = found + np.take_along_axis(fp, first, axis=1)[:, 0]
+            values[f"review_at_sens{level}"] = flagged / found
+    invalid = (total_pos[:, 0] == 0) | (total_neg[:, 0] == 0)
+    for array in values.values():
+        array[invalid] = np.nan
+    return values
+
+
+def point_metrics(target: np.ndarray, score: np.ndarray) -> dict[str, float]:
+    """Every metric of :data:`METRICS` on the data as they are (all weights one)."""
+    values = curve_metrics(target, score, np.ones((1, len(score)), np.int64))
+    return {name: float(v[0]) for name, v in values.items()}
+
+
+def patient_draws(patients: np.ndarray, n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A patient bootstrap: per replicate how often each patient is drawn, and each row's patient
+    index. The same (seed, patients) give the same draws, so two runs' scores resampled with them
+    are paired."""
+    _, codes = np.unique(patients, return_inverse=True)
     n_patients = int(codes.max()) + 1
     rng = np.random.default_rng(seed)
     draws = np.stack(
         [np.bincount(rng.integers(0, n_patients, n_patients), minlength=n_patients)
          for _ in range(n_boot)]
     )  # fmt: skip
-    values = weighted_aucs(np.asarray(target, bool), np.asarray(score, np.float64), draws, codes)
+    return draws, codes
+
+
+def _interval(values: np.ndarray) -> list[float]:
     values = values[~np.isnan(values)]
+    if not len(values):
+        return [float("nan"), float("nan")]
     low, high = np.percentile(values, [2.5, 97.5])
-    return float(low), float(high)
+    return [float(low), float(high)]
 
 
-def weighted_aucs(
-    target: np.ndarray, score: np.ndarray, weights: np.ndarray, groups: np.ndarray | None = None
-) -> np.ndarray:
-    """ROC AUC of one scoring under each row of ``weights``; NaN where a replicate has no
-    positive or no negative weight. ``weights``: replicates x rows; or, with ``groups`` (a group
-    index per row), replicates x groups, row i weighing ``weights[:, groups[i]]`` (a patient
-    bootstrap's multiplicities, expanded to rows one chunk of replicates at a time).
+def metric_summary(
+    target: np.ndarray, score: np.ndarray, patients: np.ndarray, n_boot: int = 1000, seed: int = 0
+) -> dict[str, Any]:
+    """``{metric: value, metric_ci95: [low, high]}`` with patient-bootstrap 95% intervals; a
+    metric the data cannot support is None, with the reason under ``not_reported``."""
+    target = np.asarray(target, bool)
+    draws, codes = patient_draws(patients, n_boot, seed)
+    point = point_metrics(target, score)
+    replicates = curve_metrics(target, score, draws, codes)
+    summary: dict[str, Any] = {"not_reported": {}}
+    for name in METRICS:
+        reason = unsupported(name, int(target.sum()), int((~target).sum()))
+        if reason:
+            summary[name], summary[f"{name}_ci95"] = None, None
+            summary["not_reported"][name] = reason
+        else:
+            summary[name], summary[f"{name}_ci95"] = point[name], _interval(replicates[name])
+    return summary
 
-    AUC = sum over positives i of w_i * (N below s_i + N tied with s_i / 2) / (P_total * N_total),
-    with N the summed negative weights: the negatives are sorted once, each replicate's negative
-    weights summed cumulatively (exact for integer weights), and every positive looks its two
-    positions up. Equal to scikit-learn's weighted ``roc_auc_score``."""
-    groups = np.arange(len(score)) if groups is None else np.asarray(groups)
-    negatives = np.flatnonzero(~target)
-    negatives = negatives[np.argsort(score[negatives], kind="stable")]
-    positives = np.flatnonzero(target)
-    neg_scores, pos_scores = score[negatives], score[positives]
-    below = np.searchsorted(neg_scores, pos_scores, side="left")
-    up_to = np.searchsorted(neg_scores, pos_scores, side="right")
-    neg_groups, pos_groups = groups[negatives], groups[positives]
-    sums = np.int64 if np.issubdtype(weights.dtype, np.integer) else np.float64
-    out = np.empty(len(weights))
-    step = max(1, _CHUNK_CELLS // max(1, len(score)))
-    for begin in range(0, len(weights), step):
-        w = weights[begin : begin + step]
-        cumulative = np.zeros((len(w), len(negatives) + 1), sums)
-        np.cumsum(w[:, neg_groups], axis=1, out=cumulative[:, 1:])
-        pos = w[:, pos_groups].astype(np.float64)
-        under = cumulative[:, below].astype(np.float64)
-        tied = cumulative[:, up_to] - under
-        total_pos, total_neg = pos.sum(axis=1), cumulative[:, -1].astype(np.float64)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            area = (pos * (under + tied / 2)).sum(axis=1) / (total_pos * total_neg)
-        area[(total_pos == 0) | (total_neg == 0)] = np.nan
-        out[begin : begin + step] = area
+
+def paired_differences(
+    target: np.ndarray, score_a: np.ndarray, score_b: np.ndarray, patients: np.ndarray,
+    n_boot: int = 1000, seed: int = 0,
+) -> dict[str, Any]:  # fmt: skip
+    """B minus A for every metric, with a paired patient-bootstrap 95% interval: each replicate
+    resamples the same patients for both scorings, so what the two share cancels."""
+    target = np.asarray(target, bool)
+    draws, codes = patient_draws(patients, n_boot, seed)
+    a, b = point_metrics(target, score_a), point_metrics(target, score_b)
+    rep_a = curve_metrics(target, score_a, draws, codes)
+    rep_b = curve_metrics(target, score_b, draws, codes)
+    out: dict[str, Any] = {"not_reported": {}}
+    for name in METRICS:
+        reason = unsupported(name, int(target.sum()), int((~target).sum()))
+        if reason:
+            out["not_reported"][name] = reason
+            continue
+        out[f"a_{name}"], out[f"b_{name}"] = a[name], b[name]
+        out[f"delta_{name}"] = b[name] - a[name]
+        out[f"delta_{name}_ci95"] = _interval(rep_b[name] - rep_a[name])
     return out
 
 
-def _factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    uniques, codes = np.unique(values, return_inverse=True)
-    return codes, uniques
+def bootstrap_auc_ci(
+    target: np.ndarray, score: np.ndarray, patients: np.ndarray, n_boot: int = 1000, seed: int = 0
+) -> tuple[float, float]:
+    """95% interval of the AUC when whole patients are resampled with replacement."""
+    draws, codes = patient_draws(patients, n_boot, seed)
+    low, high = _interval(curve_metrics(target, score, draws, codes)["auc"])
+    return low, high
+
+
+def delong_paired_p(target: np.ndarray, score_a: np.ndarray, score_b: np.ndarray) -> float:
+    """Two-sided p-value of DeLong's test that two correlated AUCs are equal (DeLong et al. 1988,
+    with Sun & Xu's midrank computation). It treats images as independent, which patients are
+    not: read it beside the paired patient bootstrap, not instead of it."""
+    positive = np.asarray(target, bool)
+    m, n = int(positive.sum()), int((~positive).sum())
+    if m < 2 or n < 2:
+        return float("nan")
+    aucs, per_pos, per_neg = [], [], []
+    for score in (np.asarray(score_a, float), np.asarray(score_b, float)):
+        pos, neg = score[positive], score[~positive]
+        joint = rankdata(np.r_[pos, neg])
+        per_pos.append((joint[:m] - rankdata(pos)) / n)  # share of negatives below each positive
+        per_neg.append(
+            1 - (joint[m:] - rankdata(neg)) / m
+        )  # share of positives above each negative
+        aucs.append(float(per_pos[-1].mean()))
+    cov_pos, cov_neg = np.cov(per_pos), np.cov(per_neg)
+    contrast = np.array([-1.0, 1.0])
+    variance = contrast @ cov_pos @ contrast / m + contrast @ cov_neg @ contrast / n
+    delta = aucs[1] - aucs[0]
+    if variance <= 0:
+        return 1.0 if delta == 0 else 0.0
+    return float(2 * norm.sf(abs(delta) / np.sqrt(variance)))

@@ -16,7 +16,8 @@ from .errors import OutputError
 
 RUNS_FILE = "runs.csv"
 RUN_COLUMNS = ("time", "run_id", "feature_groups", "backbones", "trials", "oof_auc", "ci_low",
-               "ci_high", "tuning_auc", "n_train", "n_pos", "n_extra", "seconds")  # fmt: skip
+               "ci_high", "tuning_auc", "n_train", "n_pos", "n_extra", "seconds", "pauc80",
+               "vs_previous", "vs_best")  # fmt: skip
 
 
 def write_parquet(frame: pd.DataFrame, path: Path) -> None:
@@ -38,7 +39,7 @@ def write_submission(test_pred: pd.DataFrame, path: Path) -> None:
 
 
 def write_metrics(metrics: dict[str, Any], path: Path) -> None:
-    atomic_write_text(path, json.dumps(_finite(metrics), indent=2, sort_keys=False))
+    atomic_write_text(path, json.dumps(json_ready(metrics), indent=2, sort_keys=False))
 
 
 def append_run(row: dict[str, Any], path: Path) -> None:
@@ -56,11 +57,12 @@ def read_runs(path: Path) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
-def _finite(value: Any) -> Any:
+def json_ready(value: Any) -> Any:
+    """JSON-safe and short: NaN and infinity become null, floats keep 6 decimals."""
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: json_ready(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
+        return [json_ready(v) for v in value]
     if isinstance(value, float | np.floating):
         return None if not math.isfinite(float(value)) else round(float(value), 6)
     if isinstance(value, np.integer):

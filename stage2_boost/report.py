@@ -244,11 +244,7 @@ def _markdown(metrics: dict[str, Any], subgroups: pd.DataFrame) -> str:
         f"(uncalibrated {cal['ece_uncalibrated']:.4f}). `submission.csv` holds this probability.",
         "", "![Reliability](reliability.png)",
     ]  # fmt: skip
-    if "oof_auc_without_acquisition" in metrics:
-        lines += [
-            "",
-            f"Without acquisition features (same parameters): OOF AUC {metrics['oof_auc_without_acquisition']:.4f}.",
-        ]
+    lines += _clinical_markdown(metrics) + _ablation_markdown(metrics.get("ablation") or {})
     lines += ["", "![ROC](roc.png)", "", "![AUC per fold](fold_auc.png)", "", "![Feature importance](importance.png)", "",
               "![AUC by subgroup](auc_by_subgroup.png)", "", "## AUC by subgroup", "",
               subgroups.to_markdown(index=False, floatfmt=".3f"), "",
@@ -260,6 +256,51 @@ def _markdown(metrics: dict[str, Any], subgroups: pd.DataFrame) -> str:
                      f"{(p.get('preprocessing') or {}).get('input_size')}, TTA {p.get('tta_views')}")  # fmt: skip
     lines += ["", "Config:", "", "```json", json.dumps(metrics["config"], indent=2), "```", ""]
     return "\n".join(lines)
+
+
+def _clinical_markdown(metrics: dict[str, Any]) -> list[str]:
+    """Every metric for the blend and each model, with patient-bootstrap intervals."""
+    from .metrics import METRICS
+
+    entries = {"blend": metrics, **metrics["models"]}
+    lines = ["", "## Clinical operating points (ISIC 2024 metrics)", "",
+             "pAUC80 is the area of the ROC curve above 80% sensitivity, exactly as the ISIC 2024 "
+             "challenge scores it (0 to 0.2). Lesions reviewed per melanoma found = all images "
+             "flagged / melanomas among them at that sensitivity (lower is better).", "",
+             "| metric | " + " | ".join(entries) + " |", "| --- |" + " --- |" * len(entries)]  # fmt: skip
+    for name, (label, _) in METRICS.items():
+        cells = []
+        for entry in entries.values():
+            value = entry.get(f"oof_{name}")
+            if value is None:
+                cells.append("not reported")
+                continue
+            low, high = entry[f"oof_{name}_ci95"]
+            cells.append(f"{value:.3f} [{low:.3f}, {high:.3f}]")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += [
+        f"- {name} not reported: {why}."
+        for name, why in (metrics.get("not_reported") or {}).items()
+    ]
+    return lines
+
+
+def _ablation_markdown(ablation: dict[str, Any]) -> list[str]:
+    rows = ablation.get("groups") or []
+    if not rows:
+        return []
+    lines = ["", "## What each feature group is worth", "", f"Method: {ablation['method']}.", "",
+             "| group left out | OOF AUC without | ΔAUC [95% CI] | ΔpAUC80 [95% CI] |",
+             "| --- | --- | --- | --- |"]  # fmt: skip
+    for row in rows:
+        low, high = row["delta_auc_ci95"]
+        pauc = "not reported"
+        if row.get("delta_pauc80") is not None:
+            plow, phigh = row["delta_pauc80_ci95"]
+            pauc = f"{row['delta_pauc80']:+.4f} [{plow:+.4f}, {phigh:+.4f}]"
+        lines.append(f"| {row['group']} | {row['oof_auc_without']:.4f} | "
+                     f"{row['delta_auc']:+.4f} [{low:+.4f}, {high:+.4f}] | {pauc} |")  # fmt: skip
+    return lines
 
 
 def _fmt(value: float | None) -> str:

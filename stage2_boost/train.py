@@ -18,14 +18,16 @@ from sklearn.metrics import brier_score_loss
 from stage1_embed.common import usable_cores
 from stage1_embed.folds import EVAL_SEED_OFFSET, load_or_make_eval_folds, load_or_make_folds
 
-from .boosters import create_booster, resolve_device
+from .boosters import BoosterAdapter, create_booster, resolve_device
 from .cache import CACHE_DIR, ContentCache, cached_folds, cached_refit, content_key, data_digest
+from .compare import ablation_table, short_delta, versus_earlier
 from .config import DEFAULT_GROUPS, IMAGE_GROUPS, Stage2Config
 from .cv import CVResult, FoldMatrices, cross_validate, oof_folds, oof_rows, prepare_folds
 from .data import StageData, load_stage_data
 from .errors import ConfigError, ContractError, OutputError
+from .evidence import Evidence, run_folder, write_evidence
 from .features import create_feature_groups
-from .metrics import auc, bootstrap_auc_ci
+from .metrics import auc, metric_summary
 from .model.calibration import (
     Platt,
     blend_logit,
@@ -152,12 +154,14 @@ def _train_locked(config: Stage2Config, out: Path) -> RunResult:
     # every value of every row, embedding and expert probability: the features' whole input
     inputs = data_digest(data.frame, data.embeddings, data.experts)
 
-    def fold_matrices(split: np.ndarray, seed: int, test: np.ndarray | None) -> list[FoldMatrices]:
-        key = content_key("folds", inputs, key_parts, train_rows, split, seed, test, extra_rows)
+    def fold_matrices(
+        split: np.ndarray, seed: int, test: np.ndarray | None, names: tuple[str, ...] = groups
+    ) -> list[FoldMatrices]:
+        key = content_key("folds", inputs, key_parts | {"groups": names}, train_rows, split, seed,
+                          test, extra_rows)  # fmt: skip
         return cached_folds(cache, key, lambda: prepare_folds(
-            data, train_rows, split, make_groups, seed, test, extra_rows, _fold_workers(config)),
-            make_groups,
-            data.target)  # fmt: skip
+            data, train_rows, split, lambda: make_groups(names), seed, test, extra_rows,
+            _fold_workers(config)), lambda: make_groups(names), data.target)  # fmt: skip
 
     tuning = fold_matrices(folds, config.seed, None)
     evaluation = fold_matrices(eval_folds, eval_seed, test_rows)
@@ -183,17 +187,53 @@ def _train_locked(config: Stage2Config, out: Path) -> RunResult:
         | {"best_epochs": [f.get("best_epoch") for f in (p.get("folds") or {}).values()]}
         for slug, p in data.expert_provenance.items()
     }
-    if "acquisition" in groups:
-        metrics["oof_auc_without_acquisition"] = _auc_without_acquisition(
-            config, data, models, train_rows, eval_folds, eval_seed, groups, make_groups,
-            extra_rows,
-        )  # fmt: skip
+
+    def blend_without(left_out: tuple[str, ...]) -> np.ndarray:
+        """The blend's OOF log-odds refitted without ``left_out``: same parameters and rounds."""
+        names = tuple(g for g in groups if g not in left_out)
+        folds_without = fold_matrices(eval_folds, eval_seed, None, names)
+        return blend_logit(*[
+            cached_refit(cache, _adapter(config, m.name, folds_without), folds_without, m.params,
+                         m.n_rounds).oof for m in models
+        ])  # fmt: skip
+
+    metrics["ablation"] = ablation_table(
+        {"+".join(s): blend_without(s) for s in _ablations(config, groups)}, blend.oof_logit,
+        data.target[oof_rows(evaluation)], _oof_patients(data, evaluation), config.n_bootstrap,
+        config.seed,
+    )  # fmt: skip
     metrics["model"] = _save_models(
         config, out, data, models, evaluation, feature_set, metrics, blend
     )
     metrics["seconds"] = round(time.perf_counter() - started, 1)
     _write_outputs(out, data, models, evaluation, metrics, config, blend, cache)
     return RunResult(run_id, metrics, out, models)
+
+
+def _ablations(config: Stage2Config, groups: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """The group sets --ablate leaves out: each group, then as the ISIC 2024 organisers' ablation
+    did, all image features and all patient context together (groups such as embedding and probe
+    carry the same signal, so either alone looks worthless). Without --ablate: acquisition only."""
+    if not config.ablate:
+        return [("acquisition",)] if "acquisition" in groups and len(groups) > 1 else []
+    sets = [(g,) for g in groups] if len(groups) > 1 else []
+    for joint in (IMAGE_GROUPS, {"patient", "ugly-duckling"}):
+        chosen = tuple(g for g in groups if g in joint)
+        if 1 < len(chosen) < len(groups):
+            sets.append(chosen)
+    return sets
+
+
+def _adapter(config: Stage2Config, name: str, folds: list[FoldMatrices]) -> BoosterAdapter:
+    return create_booster(name, seed=config.seed, max_rounds=config.max_rounds,
+                          device=resolve_device(config.device), threads=config.threads,
+                          early_stopping=config.early_stopping, n_rows=len(folds[0].fit_rows),
+                          n_features=folds[0].X_fit.shape[1], n_folds=config.n_folds,
+                          search_bins=config.search_bins)  # fmt: skip
+
+
+def _oof_patients(data: StageData, evaluation: list[FoldMatrices]) -> np.ndarray:
+    return data.frame["patient_id"].to_numpy()[oof_rows(evaluation)]
 
 
 def _fold_workers(config: Stage2Config) -> int:
@@ -254,7 +294,9 @@ def _save_models(
         experts={slug: (p, sorted((Path(config.features_dir) / "experts" / slug).glob("fold*.safetensors")))
                  for slug, p in data.expert_provenance.items()},
     )  # fmt: skip
-    folders = [out / MODEL_DIR, *([config.save_model] if config.save_model else [])]
+    # the newest run's model is OUT/model; every run's stays under OUT/runs/<run_id>/model
+    folders = [out / MODEL_DIR, run_folder(out, metrics["run_id"]) / MODEL_DIR,
+               *([config.save_model] if config.save_model else [])]  # fmt: skip
     for folder in folders:
         save_model(folder, content)
     logger.info("model saved to %s", ", ".join(map(str, folders)))
@@ -309,14 +351,11 @@ def _tune_and_evaluate(
     feature_set: dict[str, Any],
     cache: ContentCache,
 ) -> ModelResult:
-    device = resolve_device(config.device)
-    adapter = create_booster(name, seed=config.seed, max_rounds=config.max_rounds, device=device, threads=config.threads,
-                             early_stopping=config.early_stopping, n_rows=len(tuning[0].fit_rows),
-                             n_features=tuning[0].X_fit.shape[1], n_folds=config.n_folds,
-                             search_bins=config.search_bins)  # fmt: skip
+    adapter = _adapter(config, name, tuning)
     full_name = study_name(data.dataset, name, _feature_key(feature_set))
     study = open_study(storage, full_name, config.seed, exclusive=config.storage is None,
-                       prune_rounds=config.prune_rounds)  # fmt: skip
+                       prune_rounds=config.prune_rounds,
+                       first_params=adapter.default_params() if config.n_trials else None)  # fmt: skip
     objective = make_objective(adapter, tuning, feature_set, config.prune_rounds)
     run_study(study, objective, config.n_trials, config.timeout)
     choice = best_choice(study, adapter)
@@ -365,24 +404,19 @@ def _metrics(
     folds = oof_folds(evaluation)
     per_model = {}
     for model in models:
-        model.oof_auc = auc(target, model.cv.oof)
-        model.ci95 = bootstrap_auc_ci(
-            target, model.cv.oof, patients, config.n_bootstrap, config.seed
-        )
-        per_model[model.name] = {
-            "oof_auc": model.oof_auc, "oof_auc_ci95": list(model.ci95), "tuning_auc": model.tuning_auc,
-            "fold_aucs": model.cv.fold_aucs, "n_rounds": model.n_rounds,
-            "params": model.params, "study": model.study, "n_trials_in_study": model.n_trials,
+        summary = _oof_metrics(target, model.cv.oof, patients, config)
+        model.oof_auc, model.ci95 = summary["oof_auc"], tuple(summary["oof_auc_ci95"])
+        per_model[model.name] = summary | {
+            "tuning_auc": model.tuning_auc, "fold_aucs": model.cv.fold_aucs,
+            "n_rounds": model.n_rounds, "params": model.params, "study": model.study,
+            "n_trials_in_study": model.n_trials,
         }  # fmt: skip
     blend = blended.oof_logit
     fold_aucs = [auc(target[folds == k], blend[folds == k]) for k in range(len(evaluation))]
     tuning_values = [m.tuning_auc for m in models if m.tuning_auc is not None]
     return {
         "run_id": run_id,
-        "oof_auc": auc(target, blend),
-        "oof_auc_ci95": list(
-            bootstrap_auc_ci(target, blend, patients, config.n_bootstrap, config.seed)
-        ),
+        **_oof_metrics(target, blend, patients, config),
         "tuning_auc": max(tuning_values) if tuning_values else None,
         "calibration": _calibration_metrics(target, blended),
         "fold_aucs": fold_aucs,
@@ -408,6 +442,16 @@ def _metrics(
         "storage": mask_url(config.storage_url),
         "config": config.to_json(),
     }
+
+
+def _oof_metrics(
+    target: np.ndarray, score: np.ndarray, patients: np.ndarray, config: Stage2Config
+) -> dict[str, Any]:
+    """``oof_<metric>`` and ``oof_<metric>_ci95`` (patient bootstrap) for every metric, and
+    ``not_reported``: the metrics these data have too few images for, with the reason."""
+    summary = metric_summary(target, score, patients, config.n_bootstrap, config.seed)
+    reasons = summary.pop("not_reported")
+    return {f"oof_{k}": v for k, v in summary.items()} | {"not_reported": reasons}
 
 
 def _calibration_metrics(target: np.ndarray, blended: BlendResult) -> dict[str, Any]:
@@ -439,26 +483,6 @@ def _short_provenance(p: dict[str, Any]) -> dict[str, Any]:
     return {k: p.get(k) for k in keys}
 
 
-def _auc_without_acquisition(
-    config: Stage2Config, data: StageData, models: list[ModelResult], train_rows: np.ndarray,
-    eval_folds: np.ndarray, eval_seed: int, groups: tuple[str, ...], make_groups: Any,
-    extra_rows: np.ndarray,
-) -> float:  # fmt: skip
-    """Same parameters, acquisition features removed: how much of the AUC is the clinic?"""
-    reduced = tuple(g for g in groups if g != "acquisition")
-    folds = prepare_folds(data, train_rows, eval_folds, lambda: make_groups(reduced), eval_seed,
-                          None, extra_rows, _fold_workers(config))  # fmt: skip
-    preds = []
-    for model in models:
-        device = resolve_device(config.device)
-        adapter = create_booster(model.name, seed=config.seed, max_rounds=config.max_rounds, device=device, threads=config.threads,
-                                 early_stopping=config.early_stopping, n_rows=len(folds[0].fit_rows),
-                                 n_features=folds[0].X_fit.shape[1], n_folds=config.n_folds)  # fmt: skip
-        preds.append(cross_validate(adapter, folds, model.params, n_rounds=model.n_rounds).oof)
-    target = data.target[oof_rows(folds)]
-    return auc(target, blend_logit(*preds))
-
-
 def _write_outputs(
     out: Path, data: StageData, models: list[ModelResult], evaluation: list[FoldMatrices],
     metrics: dict[str, Any], config: Stage2Config, blended: BlendResult, cache: ContentCache,
@@ -474,13 +498,18 @@ def _write_outputs(
         "blend": expit(blended.oof_logit),
         "probability": blended.oof_probability,
     })  # fmt: skip
-    write_parquet(oof, out / "oof.parquet")
+    test_pred = None
     if models[0].cv.test_pred is not None:
         test_rows = data.split_index("test")
         tests = {m.name: m.cv.test_pred for m in models if m.cv.test_pred is not None}
         test_logit = blend_logit(*tests.values())
         test_pred = pd.DataFrame({"image_name": frame["image_name"].to_numpy()[test_rows], **tests,
                                   "blend": expit(test_logit), "probability": blended.platt(test_logit)})  # fmt: skip
+    metrics["versus"] = versus_earlier(out, Evidence(metrics["run_id"], oof, metrics),
+                                       config.n_bootstrap, config.seed)  # fmt: skip
+    write_evidence(out, metrics["run_id"], oof, test_pred, metrics)
+    write_parquet(oof, out / "oof.parquet")
+    if test_pred is not None:
         write_parquet(test_pred, out / "test_pred.parquet")
         write_submission(test_pred, out / "submission.csv")
     importance = pd.DataFrame([
@@ -503,4 +532,6 @@ def _run_row(metrics: dict[str, Any]) -> dict[str, Any]:
             "ci_low": round(low, 4), "ci_high": round(high, 4),
             "tuning_auc": round(metrics["tuning_auc"], 4) if metrics["tuning_auc"] is not None else None,
             "n_train": metrics["n_train"], "n_pos": metrics["n_pos"],
-            "n_extra": metrics["extra"]["n_rows"], "seconds": metrics["seconds"]}  # fmt: skip
+            "n_extra": metrics["extra"]["n_rows"], "seconds": metrics["seconds"],
+            "pauc80": metrics["oof_pauc80"], "vs_previous": short_delta(metrics["versus"].get("previous")),
+            "vs_best": short_delta(metrics["versus"].get("best"))}  # fmt: skip

@@ -144,7 +144,7 @@ def study_name(dataset: str, model: str, feature_key: str) -> str:
 
 def open_study(
     storage: optuna.storages.BaseStorage, name: str, seed: int, exclusive: bool = False,
-    prune_rounds: bool = False,
+    prune_rounds: bool = False, first_params: dict[str, Any] | None = None,
 ) -> optuna.Study:  # fmt: skip
     """Create or resume ``name``; the sampler seed moves on with the trial count.
 
@@ -152,7 +152,8 @@ def open_study(
     locked output folder): trials still RUNNING were then interrupted, and are marked FAIL now
     rather than after the heartbeat grace period. On a database server several workers may share
     the study: each then seeds its sampler with its process id too, so that workers starting at
-    the same moment do not propose the same parameters.
+    the same moment do not propose the same parameters. A new study's first trial is
+    ``first_params`` (the adapter's defaults): the search can then only keep or beat them.
 
     The pruner is Optuna's median rule: after five finished trials, a trial whose best running
     value is below the median of the others' at the same step stops (the first fold, or with
@@ -176,6 +177,8 @@ def open_study(
             study_name=name, storage=storage, sampler=sampler, pruner=pruner,
             direction="maximize", load_if_exists=True,
         )  # fmt: skip
+        if n_done == 0 and first_params:  # a new study starts from the sensible defaults
+            study.enqueue_trial(first_params, user_attrs={"start": "library defaults"})
     if shared:
         logger.info("joined study %s in %s with %d trial(s) so far (worker pid %d); other "
                     "workers may add trials at the same time", name, mask_url(url), n_done,

@@ -169,7 +169,8 @@ def test_acquisition_reports_auc_without_it(config: Stage2Config) -> None:
     result = run_training(
         replace(config, feature_groups=("metadata", "acquisition"), models=("lgbm",))
     )
-    assert "oof_auc_without_acquisition" in result.metrics
+    (row,) = result.metrics["ablation"]["groups"]  # without --ablate: acquisition only
+    assert row["group"] == "acquisition" and 0 <= row["oof_auc_without"] <= 1
 
 
 def test_report_plots_exist_and_are_not_empty(config: Stage2Config) -> None:

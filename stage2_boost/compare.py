@@ -1,0 +1,182 @@
+"""``python -m stage2_boost compare``: did a change help? Two runs' out-of-fold predictions on the
+images both scored, paired by patient.
+
+Two runs on the same images share most of their sampling noise: a paired patient bootstrap (the
+same resampled patients for both runs) gives the difference an interval far narrower than either
+run's own, which is what "B is better than A" needs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import OutputError
+from .evidence import Evidence, read_evidence, resolve_run, runs_with_evidence
+from .metrics import METRICS, delong_paired_p, paired_differences
+from .outputs import RUNS_FILE, json_ready, read_runs
+
+
+def compare_evidence(
+    a: Evidence, b: Evidence, model: str = "blend", n_boot: int = 1000, seed: int = 0
+) -> dict[str, Any]:
+    """B minus A on the images both runs scored, every metric with a paired patient-bootstrap 95%
+    interval, and DeLong's paired p-value (which assumes independent images)."""
+    for run in (a, b):
+        if model not in run.oof.columns:
+            raise OutputError(f"Run {run.run_id} has no {model!r} predictions; it has "
+                              f"{', '.join(run.models)}. Choose one with --model.")  # fmt: skip
+    keys = ["image_name", "patient_id", "fold", "target", model]
+    both = a.oof[keys].merge(b.oof[keys], on="image_name", suffixes=("_a", "_b"))
+    if both.empty:
+        raise OutputError(
+            f"Runs {a.run_id} and {b.run_id} share no images: they were trained on different "
+            "data, so there is nothing paired to compare."
+        )
+    differ = both["target_a"] != both["target_b"]
+    if differ.any():
+        image = both.loc[differ, "image_name"].iloc[0]
+        raise OutputError(
+            f"Runs {a.run_id} and {b.run_id} disagree on the label of {differ.sum()} image(s), "
+            f"e.g. {image}: the train.csv changed between them, so their AUCs measure different "
+            "things. Rerun the older configuration on the current data and compare that."
+        )
+    target = both["target_a"].to_numpy(bool)
+    patients = both["patient_id_a"].astype(str).to_numpy()
+    score_a, score_b = both[f"{model}_a"].to_numpy(float), both[f"{model}_b"].to_numpy(float)
+    notes = []
+    only_a, only_b = len(a.oof) - len(both), len(b.oof) - len(both)
+    if only_a or only_b:
+        notes.append(f"{only_a} image(s) only in {a.run_id} and {only_b} only in {b.run_id} are "
+                     "left out; the comparison is on the images both scored")  # fmt: skip
+    same_folds = bool((both["fold_a"] == both["fold_b"]).all())
+    if not same_folds:
+        notes.append("the runs used different evaluation fold splits (other --folds or --seed): "
+                     "the difference includes the split's own noise")  # fmt: skip
+    result: dict[str, Any] = {
+        "run_a": a.run_id, "run_b": b.run_id, "model": model, "n_images": len(both),
+        "n_pos": int(target.sum()), "n_patients": len(np.unique(patients)),
+        "only_a": only_a, "only_b": only_b, "same_folds": same_folds,
+        "p_delong": delong_paired_p(target, score_a, score_b),
+        "p_delong_note": "DeLong's paired test; it assumes independent images",
+        "n_bootstrap": n_boot,
+    }  # fmt: skip
+    result |= paired_differences(target, score_a, score_b, patients, n_boot, seed)
+    result["notes"] = notes
+    result["verdict"] = verdict(result)
+    return result
+
+
+def verdict(result: dict[str, Any]) -> str:
+    """One plain line on whether B beats A by AUC, from the paired interval."""
+    delta, (low, high) = result["delta_auc"], result["delta_auc_ci95"]
+    shown = f"ΔAUC {delta:+.4f} [{low:+.4f}, {high:+.4f}]"
+    if low > 0:
+        return f"{result['run_b']} is better than {result['run_a']}: {shown}"
+    if high < 0:
+        return f"{result['run_b']} is worse than {result['run_a']}: {shown}"
+    return f"no difference shown between {result['run_a']} and {result['run_b']}: {shown}"
+
+
+def format_comparison(result: dict[str, Any]) -> str:
+    lines = [
+        f"A = {result['run_a']}, B = {result['run_b']} ({result['model']}): {result['n_images']} "
+        f"images both scored ({result['n_pos']} malignant, {result['n_patients']} patients)",
+        f"{'metric':<52} {'A':>8} {'B':>8}  B - A [95% CI, paired patient bootstrap]",
+    ]
+    for name, (label, lower_better) in METRICS.items():
+        if name in result["not_reported"]:
+            lines.append(f"{label:<52} not reported: {result['not_reported'][name]}")
+            continue
+        low, high = result[f"delta_{name}_ci95"]
+        better = " (lower is better)" if lower_better else ""
+        lines.append(f"{label:<52} {result[f'a_{name}']:>8.4f} {result[f'b_{name}']:>8.4f}  "
+                     f"{result[f'delta_{name}']:+.4f} [{low:+.4f}, {high:+.4f}]{better}")  # fmt: skip
+    lines.append(f"DeLong's paired test (assumes independent images): p = {result['p_delong']:.3g}")
+    lines += [f"note: {note}" for note in result["notes"]]
+    lines.append(result["verdict"])
+    return "\n".join(lines)
+
+
+def compare_command(
+    out: Path, run_a: str | None, run_b: str | None, baseline: str | None, model: str,
+    n_boot: int, as_json: bool,
+) -> int:  # fmt: skip
+    """Resolve the runs (default: the two newest that kept evidence), compare, print."""
+    b_id = resolve_run(out, run_b or "latest")
+    if run_a is None and baseline is None:
+        earlier = [r for r in runs_with_evidence(out) if r != b_id]
+        if not earlier:
+            raise OutputError(f"Only one run in {out} kept evidence ({b_id}): train another "
+                              "run, then compare the two.")  # fmt: skip
+        a_id = earlier[-1]
+    else:
+        a_id = resolve_run(out, run_a or baseline or "best", exclude=b_id)
+    result = compare_evidence(read_evidence(out, a_id), read_evidence(out, b_id), model, n_boot)
+    if as_json:
+        print(json.dumps(json_ready(result), indent=2))
+    else:
+        print(format_comparison(result))
+    return 0
+
+
+def ablation_table(
+    without: dict[str, np.ndarray], full: np.ndarray, target: np.ndarray, patients: np.ndarray,
+    n_boot: int, seed: int,
+) -> dict[str, Any]:  # fmt: skip
+    """What each feature group is worth: the blend with every group minus the blend refitted
+    without it (positive: the group helps), each with a paired patient-bootstrap interval."""
+    rows = []
+    for group, score in without.items():
+        d = paired_differences(target, score, full, patients, n_boot, seed)
+        rows.append({"group": group, "oof_auc_without": d["a_auc"], "delta_auc": d["delta_auc"],
+                     "delta_auc_ci95": d["delta_auc_ci95"], "delta_pauc80": d.get("delta_pauc80"),
+                     "delta_pauc80_ci95": d.get("delta_pauc80_ci95")})  # fmt: skip
+    return {
+        "method": "each group left out in turn and the chosen models refitted with their tuned "
+        "parameters and rounds on the same evaluation folds (no new search); delta = with the "
+        "group minus without it, paired patient bootstrap",
+        "groups": rows,
+    }
+
+
+def versus_earlier(stage2: Path, run: Evidence, n_boot: int, seed: int) -> dict[str, Any]:
+    """This run's blend against the previous and the best earlier run (by OOF AUC) that scored
+    exactly the same images with the same labels: ``{"previous": ..., "best": ...}``, each with
+    the paired ΔAUC and ΔpAUC80 and a verdict; empty when no earlier run fits."""
+    log = read_runs(Path(stage2) / RUNS_FILE)
+    candidates = log.loc[log["n_train"] == len(run.oof), "run_id"].astype(str)
+    mine = run.oof.sort_values("image_name")
+    kept = set(runs_with_evidence(stage2))
+    earlier = []
+    for run_id in candidates:
+        if run_id not in kept or run_id == run.run_id:
+            continue
+        other = read_evidence(stage2, run_id)
+        theirs = other.oof.sort_values("image_name")
+        if (theirs["image_name"].to_numpy() == mine["image_name"].to_numpy()).all() and (
+            theirs["target"].to_numpy() == mine["target"].to_numpy()
+        ).all():
+            earlier.append(other)
+    if not earlier:
+        return {}
+    best = max(earlier, key=lambda e: e.metrics["oof_auc"])
+    versus = {}
+    for role, other in (("previous", earlier[-1]), ("best", best)):
+        result = compare_evidence(other, run, "blend", n_boot, seed)
+        versus[role] = {"run": other.run_id, "oof_auc": other.metrics["oof_auc"]} | {
+            k: result.get(k) for k in ("delta_auc", "delta_auc_ci95", "delta_pauc80",
+                                       "delta_pauc80_ci95", "verdict")
+        }  # fmt: skip
+    return versus
+
+
+def short_delta(entry: dict[str, Any] | None) -> str:
+    """``+0.0120 [+0.0040, +0.0210]``: a paired ΔAUC for the run log."""
+    if not entry:
+        return "-"
+    low, high = entry["delta_auc_ci95"]
+    return f"{entry['delta_auc']:+.4f} [{low:+.4f}, {high:+.4f}]"
