@@ -61,7 +61,12 @@ def test_compare_gives_the_paired_interval_of_a_direct_computation(
                       - roc_auc_score(target[keep], score_a[keep], sample_weight=w[keep]))  # fmt: skip
     assert np.allclose(result["delta_auc_ci95"], np.percentile(deltas, [2.5, 97.5]), atol=1e-6)
     assert result["delta_auc_ci95"][0] > 0 and result["p_delong"] < 0.05
-    for key in ("delta_pauc80", "delta_pauc80_ci95", "delta_sens_at_spec95", "delta_review_at_sens80"):
+    for key in (
+        "delta_pauc80",
+        "delta_pauc80_ci95",
+        "delta_sens_at_spec95",
+        "delta_review_at_sens80",
+    ):
         assert key in result, key
     assert main(["compare", "aaa", "bbb", "--out", str(tmp_path)]) == 0
     assert "bbbbbb is better than 20260101-000000-aaaaaa: ΔAUC +" in capsys.readouterr().out
@@ -88,7 +93,7 @@ def test_compare_refuses_runs_that_disagree_on_a_label_or_share_no_image(
 def test_compare_on_a_subset_and_other_folds_says_so(tmp_path: Path) -> None:
     from stage2_boost.compare import compare_evidence, format_comparison
 
-    base, score_a, score_b = _two_runs(tmp_path)
+    base, _, score_b = _two_runs(tmp_path)
     b = base.assign(blend=score_b, fold=(base["fold"] + 1) % 5).iloc[100:]
     _fake_run(tmp_path, "20260105-000000-eeeeee", b, 0.8)
     result = compare_evidence(read_evidence(tmp_path, "20260101-000000-aaaaaa"),
