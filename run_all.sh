@@ -13,6 +13,7 @@ Usage: ./run_all.sh [options]
                       or tfrecords/); default: the synthetic demo in data/demo (generated if absent)
   --out DIR           outputs: stage 1 writes DIR/manifest.parquet and DIR/embeddings/, stage 2
                       writes DIR/stage2/; default: data/out/<name of the data folder>
+                      (with --model: data/out/<name>-scored)
   --backbones LIST    comma-separated timm backbone specs (arch[.tag], hf-hub:org/name,
                       local-dir:/path), or 'none' for metadata only;
                       default: tf_efficientnet_lite0,tf_efficientnet_lite1,tf_efficientnet_lite2
@@ -20,9 +21,13 @@ Usage: ./run_all.sh [options]
   --features GROUPS   stage-2 feature groups: metadata,patient,embedding,probe,ugly-duckling,
                       acquisition (default: all but acquisition)
   --timeout S         seconds of tuning per model
+  --ablate            also refit without each feature group in turn: what each group is worth
   --storage URL       Optuna storage (default sqlite:///OUT/stage2/optuna.db); a PostgreSQL/MySQL URL
                       lets several workers share one study
   --weights-dir DIR   folder of local-dir weight folders (also $MELANOMA_WEIGHTS_DIR)
+  --images DIR        where the images are when not in DATA's Kaggle places
+  --skip-missing      embed the images present when some named in the CSV are missing (default: error)
+  --max-failures N    images that may fail to decode before stage 1 stops (default 0)
   --extra-data DIR    extra labelled training data (Kaggle layout, or the ISIC 2019 layout with
                       ISIC_2019_Training_GroundTruth.csv); repeatable; its rows join the training
                       part of every fold and never a validation fold
@@ -43,8 +48,8 @@ Usage: ./run_all.sh [options]
   -h, --help          this help
 
 Paths are taken relative to the folder you run it from. --split and --explain need --model;
---backbones, --trials, --features, --timeout, --storage, --extra-data, --drop-extra-duplicates
-and --experts are for training and are refused with --model.
+--backbones, --trials, --features, --timeout, --ablate, --storage, --extra-data,
+--drop-extra-duplicates and --experts are for training and are refused with --model.
 USAGE
 }
 
@@ -52,8 +57,8 @@ die() { echo "error: $*" >&2; echo "run ./run_all.sh --help for usage" >&2; exit
 need() { [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value"; }
 from_caller() { case "$1" in /*) echo "$1" ;; *) echo "$CALLER_DIR/$1" ;; esac; }
 
-TRAINING_FLAGS=() SCORING_FLAGS=() EXTRA_ARGS=() DROP_DUPLICATES=0 MODEL="" PREDICT_ARGS=() EXPERTS="" EXPERT_EXTRA=()
-DATA="" OUT="" BACKBONES="" TRIALS=20 FEATURES="" TIMEOUT="" STORAGE="" WEIGHTS_DIR="" DEVICE=auto STAGE=all SMOKE=0
+STAGE1_ARGS=() TRAINING_FLAGS=() SCORING_FLAGS=() EXTRA_ARGS=() DROP_DUPLICATES=0 MODEL="" PREDICT_ARGS=() EXPERTS="" EXPERT_EXTRA=()
+ABLATE=0 DATA="" OUT="" BACKBONES="" TRIALS=20 FEATURES="" TIMEOUT="" STORAGE="" WEIGHTS_DIR="" DEVICE=auto STAGE=all SMOKE=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --data) need "$@"; DATA="$(from_caller "$2")"; shift 2 ;;
@@ -62,8 +67,12 @@ while [ $# -gt 0 ]; do
     --trials) need "$@"; TRIALS="$2"; TRAINING_FLAGS+=("$1"); shift 2 ;;
     --features) need "$@"; FEATURES="$2"; TRAINING_FLAGS+=("$1"); shift 2 ;;
     --timeout) need "$@"; TIMEOUT="$2"; TRAINING_FLAGS+=("$1"); shift 2 ;;
+    --ablate) ABLATE=1; TRAINING_FLAGS+=("$1"); shift ;;
     --storage) need "$@"; STORAGE="$2"; TRAINING_FLAGS+=("$1"); shift 2 ;;
     --weights-dir) need "$@"; WEIGHTS_DIR="$(from_caller "$2")"; shift 2 ;;
+    --images) need "$@"; STAGE1_ARGS+=(--images "$(from_caller "$2")"); EXPERT_EXTRA+=(--images "$(from_caller "$2")"); shift 2 ;;
+    --skip-missing) STAGE1_ARGS+=(--skip-missing); shift ;;
+    --max-failures) need "$@"; STAGE1_ARGS+=(--max-failures "$2"); shift 2 ;;
     --extra-data) need "$@"; EXTRA_ARGS+=(--extra-data "$(from_caller "$2")"); TRAINING_FLAGS+=("$1"); shift 2 ;;
     --drop-extra-duplicates) DROP_DUPLICATES=1; TRAINING_FLAGS+=("$1"); shift ;;
     --device) need "$@"; DEVICE="$2"; shift 2 ;;
@@ -103,14 +112,15 @@ if [ -z "$DATA" ]; then  # the generated demo (a smaller one for --smoke)
   if [ ! -f "$DATA/train.csv" ]; then python -m stage1_embed.demo --out "$DATA" "${DEMO_ARGS[@]}"; fi
 fi
 [ -d "$DATA" ] || die "--data $DATA is not a folder"
-OUT="${OUT:-data/out/$(basename "$(cd "$DATA" && pwd)")}"
+# scoring gets its own folder by default: it must never replace a dataset's training features
+OUT="${OUT:-data/out/$(basename "$(cd "$DATA" && pwd)")${MODEL:+-scored}}"
 
 if [ -n "$MODEL" ]; then  # scoring with a saved model: no training
   [ -d "$MODEL" ] || die "--model $MODEL is not a folder"
   if [ "$STAGE" != 2 ]; then
     echo "== stage 1: embeddings with the model's backbones ($DATA -> $OUT)"
     python -m stage1_embed --data "$DATA" --out "$OUT" --device "$DEVICE" --model "$MODEL" \
-      ${WEIGHTS_DIR:+--weights-dir "$WEIGHTS_DIR"}
+      ${WEIGHTS_DIR:+--weights-dir "$WEIGHTS_DIR"} "${STAGE1_ARGS[@]}"
   fi
   echo "== scoring with $MODEL"
   python -m stage2_boost predict --model "$MODEL" --features "$OUT" --out "$OUT" "${PREDICT_ARGS[@]}"
@@ -123,7 +133,7 @@ if [ "$STAGE" != 2 ]; then
   [ -n "$WEIGHTS_DIR" ] && ARGS+=(--weights-dir "$WEIGHTS_DIR")
   [ "$DROP_DUPLICATES" = 1 ] && ARGS+=(--drop-extra-duplicates)
   echo "== stage 1: embeddings ($DATA -> $OUT)"
-  python -m stage1_embed "${ARGS[@]}" "${EXTRA_ARGS[@]}" "${STAGE1_EXTRA[@]}"
+  python -m stage1_embed "${ARGS[@]}" "${EXTRA_ARGS[@]}" "${STAGE1_EXTRA[@]}" "${STAGE1_ARGS[@]}"
 fi
 if [ -n "$EXPERTS" ] && [ "$STAGE" != 2 ]; then
   echo "== expert stage: fine-tuning $EXPERTS inside the patient folds"
@@ -134,6 +144,7 @@ if [ "$STAGE" != 1 ]; then
   ARGS=(train --features "$OUT" --trials "$TRIALS" --device "$DEVICE")
   [ -n "$FEATURES" ] && ARGS+=(--groups "$FEATURES")
   [ -n "$TIMEOUT" ] && ARGS+=(--timeout "$TIMEOUT")
+  [ "$ABLATE" = 1 ] && ARGS+=(--ablate)
   [ -n "$STORAGE" ] && ARGS+=(--storage "$STORAGE")
   [ -n "$EXPERTS" ] && ARGS+=(--experts "$EXPERTS")
   echo "== stage 2: tuned LightGBM + XGBoost ($OUT -> $OUT/stage2)"

@@ -215,11 +215,15 @@ def crash_point(name: str) -> None:
 
 
 def setup_logging(verbose: bool) -> None:
+    """INFO from this project, warnings only from timm (which logs three lines per weights file
+    loaded; stage 1 logs one line naming the weights and their sha256); ``verbose``: DEBUG."""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    if not verbose:
+        logging.getLogger("timm").setLevel(logging.WARNING)
 
 
 def run_cli(main: Callable[[], int]) -> int:

@@ -55,7 +55,7 @@ def check_pixel_limit(width: int, height: int, max_pixels: int) -> None:
     if width * height > max_pixels:
         raise ImageReadError(
             f"image is {width}x{height} = {width * height:,} pixels, above the limit of "
-            f"{max_pixels:,} (decompression-bomb guard); resize it or raise --max-pixels"
+            f"{max_pixels:,} (decompression-bomb guard); resize it or raise the limit (python -m stage1_embed --max-pixels N)"
         )
 
 

@@ -49,7 +49,10 @@ def resolve_engine(requested: str, device: str) -> str:
     if requested == "auto":
         return "onnx" if device == "cpu" and onnx_available() else "torch"
     if requested == "onnx" and device != "cpu":
-        logger.warning("--engine onnx runs on the CPU here; the %s device is not used", device)
+        logger.warning(
+            "python -m stage1_embed --engine onnx runs on the CPU here; the %s device is not used",
+            device,
+        )
     return requested
 
 

@@ -41,8 +41,8 @@ _EXAMPLES = 5
 
 
 def required_columns(split: str) -> tuple[str, ...]:
-    """Columns a CSV of ``split`` must have."""
-    base = ("image_name", "patient_id", *META_COLUMNS)
+    """Columns a CSV of ``split`` must have (sex, age and site are optional: absent, missing)."""
+    base = ("image_name", "patient_id")
     return (*base, "target") if split == "train" else base
 
 
@@ -65,6 +65,11 @@ def normalise_table(raw: pd.DataFrame, path: Path, split: str) -> pd.DataFrame:
     """Validate and type a table of CSV strings (``path`` names its origin in messages)."""
     raw = raw.rename(columns={k: v for k, v in COLUMN_ALIASES.items() if k in raw.columns})
     _check_columns(raw, path, split)
+    absent = [c for c in META_COLUMNS if c not in raw.columns]
+    if absent:
+        logger.warning("%s has no %s column: missing for every row, as an empty cell would be",
+                       path, " / ".join(absent))  # fmt: skip
+        raw = raw.assign(**{c: pd.Series(pd.NA, index=raw.index, dtype="string") for c in absent})
     table = pd.DataFrame(
         {
             "image_name": _image_names(raw, path),
@@ -88,7 +93,7 @@ def _read_raw(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise DataError(
             f"CSV file not found: {path}. Put train.csv (and optionally test.csv) in the data "
-            "folder, or pass the paths with --train-csv / --test-csv."
+            "folder, or pass the paths (python -m stage1_embed --train-csv / --test-csv)."
         )
     try:
         raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])

@@ -27,7 +27,13 @@ from .extra import (
 from .metadata import load_metadata
 from .runner import BackboneResult, EmbedSettings, backbone_provenance, embed_backbone, jsonable
 from .scan import ScanResult, metadata_only_manifest, scan_dataset
-from .schema import embeddings_path, extra_features_dir, input_fingerprint, write_manifest
+from .schema import (
+    MANIFEST_FILE,
+    embeddings_path,
+    extra_features_dir,
+    input_fingerprint,
+    write_manifest,
+)
 from .scoring import (
     ModelBackbone,
     check_same_backbone,
@@ -110,20 +116,48 @@ def _extra_configs(config: Stage1Config, out: Path) -> list[Stage1Config]:
     return configs
 
 
+def check_output_folder(config: Stage1Config, out: Path) -> None:
+    """Never write over another dataset's stage 1 outputs: a folder holding a manifest is reused
+    only for the same kind of run (training or scoring) of the same data folder, and scoring never
+    writes into the features a model was trained on."""
+    previous = out / "stage1_config.json"
+    if not (out / MANIFEST_FILE).is_file() or not previous.is_file():
+        return
+    try:
+        before = json.loads(previous.read_text())
+    except (OSError, json.JSONDecodeError):
+        return  # a damaged record: the content fingerprints still decide what is reused
+    scoring, scored_before = config.model_dir is not None, before.get("model_dir") is not None
+    data = str(Path(config.data_dir).resolve())
+    other_data = before.get("data_dir_resolved") not in (None, data)
+    if scoring == scored_before and not other_data:
+        return
+    what = "scores" if scored_before else "training features (the manifest and embeddings stage 2 "\
+        "and its saved model were built from)"  # fmt: skip
+    name = Path(data).name + ("-scored" if scoring else "")
+    raise OutputError(
+        f"{out} holds the {what} of {before.get('data_dir_resolved') or before.get('data_dir')}; "
+        f"{'scoring' if scoring else 'training on'} {config.data_dir} there would replace them. "
+        f"Pass another --out, e.g. --out {out.parent / name}."
+    )
+
+
 def _run_locked(config: Stage1Config, out: Path) -> Stage1Summary:
     specs = [parse_backbone_spec(text) for text in config.backbones]  # bad specs fail first
     expected = {b.slug: b for b in model_backbones(config.model_dir)} if config.model_dir else {}
-    resolved = json.dumps(asdict(config), indent=2, default=str)  # Paths as text
+    check_output_folder(config, out)
+    record = asdict(config) | {"data_dir_resolved": str(Path(config.data_dir).resolve())}
+    resolved = json.dumps(record, indent=2, default=str)  # Paths as text
     atomic_write_text(out / "stage1_config.json", resolved)
     if config.model_dir is not None:
-        table, bare = load_scoring_metadata(
+        table, skipped = load_scoring_metadata(
             config.train_csv_path, config.test_csv_path, config.data_dir, config.images_dir
         )
     else:
-        table, bare = load_metadata(config.train_csv_path, config.test_csv_path), False
+        table, skipped = load_metadata(config.train_csv_path, config.test_csv_path), None
     if not specs:
         scan = metadata_only_manifest(table)
-        _write_manifest(scan, config, "metadata-only", {}, bare)
+        _write_manifest(scan, config, "metadata-only", {}, skipped)
         return Stage1Summary(out, len(table), None)
     source = create_source(
         config.data_dir, config.images_dir, config.image_format, config.max_pixels
@@ -149,7 +183,7 @@ def _run_locked(config: Stage1Config, out: Path) -> Stage1Summary:
     failures = _all_failures(scan, summary.results)
     summary.n_failures = len(failures)
     summary.complete = all(r.status != "waiting-for-shards" for r in summary.results)
-    _write_manifest(scan, config, fingerprint, failures, bare)
+    _write_manifest(scan, config, fingerprint, failures, skipped)
     _check_failure_limit(failures, config.max_failures, out)
     for result in summary.results:
         if result.status == "computed" and result.parts is not None:
@@ -165,7 +199,18 @@ def _run_locked(config: Stage1Config, out: Path) -> Stage1Summary:
 
 
 def _backbone(spec: BackboneSpec, config: Stage1Config, expected: ModelBackbone | None) -> Backbone:
-    """Build one backbone: with the CLI's preprocessing, or exactly as a saved model had it."""
+    """Build one backbone (with the CLI's preprocessing, or exactly as a saved model had it) and
+    say which weights it loaded."""
+    backbone = _build_backbone(spec, config, expected)
+    weights = backbone.weights
+    logger.info("%s: %s weights from %s (sha256 %s)", spec.slug, weights.source,
+                weights.location or weights.model_name, (weights.sha256 or "-")[:12])  # fmt: skip
+    return backbone
+
+
+def _build_backbone(
+    spec: BackboneSpec, config: Stage1Config, expected: ModelBackbone | None
+) -> Backbone:
     if expected is None:
         return create_backbone(
             spec, config.weights_dir, allow_random=config.allow_random_init,
@@ -239,8 +284,10 @@ def _all_failures(scan: ScanResult, results: list[BackboneResult]) -> dict[tuple
 
 def _write_manifest(
     scan: ScanResult, config: Stage1Config, fingerprint: str,
-    failures: dict[tuple[str, str], str], patients_from_image_names: bool = False,
+    failures: dict[tuple[str, str], str], skipped: list[str] | None = None,
 ) -> None:  # fmt: skip
+    """The manifest; ``skipped``: a folder with no CSV was scored (patients made from image
+    names), with notes on the files it left out."""
     manifest = scan.manifest.copy()
     errors = pd.Series(failures, dtype=object)
     if len(errors):
@@ -254,7 +301,8 @@ def _write_manifest(
         "dataset": Path(config.data_dir).resolve().name,
         "train_csv": str(Path(config.train_csv_path).resolve()) if has_train else None,
         "train_csv_sha256": file_sha256(config.train_csv_path) if has_train else None,
-        "patients_from_image_names": patients_from_image_names,
+        "patients_from_image_names": skipped is not None,
+        "skipped_files": skipped or [],
         "test_csv": str(config.test_csv_path) if config.test_csv_path else None,
         "backbones": list(config.backbones),
         "n_dropped_missing": scan.n_dropped_missing,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,40 +100,73 @@ def weights_missing(expected: ModelBackbone, err: WeightsError) -> WeightsError:
 
 def load_scoring_metadata(
     train_csv: Path | None, test_csv: Path | None, data_dir: Path, images_dir: Path | None
-) -> tuple[pd.DataFrame, bool]:
-    """The rows to embed for scoring, and whether patient ids were made from image names.
+) -> tuple[pd.DataFrame, list[str] | None]:
+    """The rows to embed for scoring, and for a folder with no CSV the notes on the files it left
+    out (None: the rows came from a CSV).
 
     A train.csv is optional; with no CSV at all, every image file of the folder is a test row
-    with missing metadata and its own patient."""
+    with missing metadata and its own patient (patient ids made from image names)."""
     frames = []
     if train_csv is not None and Path(train_csv).is_file():
         frames.append(read_split_csv(train_csv, "train"))
     if test_csv is not None and Path(test_csv).is_file():
         frames.append(read_split_csv(test_csv, "test"))
     if frames:
-        return pd.concat(frames, ignore_index=True), False
-    names = bare_image_names(images_dir or data_dir)
+        return pd.concat(frames, ignore_index=True), None
+    names, notes = bare_image_names(images_dir or data_dir)
     table = pd.DataFrame({"image_name": names, "patient_id": names})
     for column in ("sex", "anatom_site_general_challenge", "diagnosis"):
         table[column] = pd.Series(pd.NA, index=table.index, dtype="string")
     table["age_approx"] = pd.Series(pd.NA, index=table.index, dtype="Float64")
     table["target"] = pd.Series(pd.NA, index=table.index, dtype="Int8")
     table["split"] = "test"
-    logger.warning("no CSV in %s: scoring its %d image file(s), each as its own patient, with "
+    logger.warning("no CSV in %s: scoring its %d JPEG/PNG file(s), each as its own patient, with "
                    "missing age, sex and site", data_dir, len(table))  # fmt: skip
-    return table, True
+    for note in notes:
+        logger.warning("%s", note)
+    return table, notes
 
 
-def bare_image_names(folder: Path) -> list[str]:
-    """Stems of the image files of a folder with no CSV: directly inside it, or in the Kaggle
-    places for test images (jpeg/test/, test/)."""
+def bare_image_names(folder: Path) -> tuple[list[str], list[str]]:
+    """One name per JPEG/PNG file of a folder with no CSV (directly inside it, or in the Kaggle
+    places for test images: jpeg/test/, test/), and a note on every file left out.
+
+    A file is named by its stem; files sharing a stem (Z.jpg, Z.png) are each named by their full
+    file name instead, so none is dropped. Images in subfolders and other files are not scored,
+    and the notes say how many, which, and why."""
     for candidate in (folder, folder / "jpeg" / "test", folder / "test"):
         if candidate.is_dir():
-            names = sorted({p.stem for p in candidate.iterdir()
-                            if p.is_file() and p.suffix.lower() in _BARE_EXTENSIONS})  # fmt: skip
-            if names:
-                return names
+            files = sorted(p for p in candidate.iterdir() if p.is_file())
+            images = [p for p in files if p.suffix.lower() in _BARE_EXTENSIONS]
+            if images:
+                return _bare_names(candidate, files, images)
     raise DataError(
         f"No train.csv, test.csv or image files ({', '.join(_BARE_EXTENSIONS)}, any letter case) "
         f"in {folder}. Put the images directly in the folder, or add a test.csv."
     )
+
+
+def _bare_names(folder: Path, files: list[Path], images: list[Path]) -> tuple[list[str], list[str]]:
+    stems = Counter(p.stem for p in images)
+    names = [p.stem if stems[p.stem] == 1 else p.name for p in images]
+    notes = []
+    shared = sorted(stem for stem, count in stems.items() if count > 1)
+    if shared:
+        example = ", ".join(p.name for p in images if p.stem == shared[0])
+        notes.append(f"{len(shared)} name(s) are shared by several image files (e.g. {example}): "
+                     "each of those is scored under its full file name")  # fmt: skip
+    others = [p.name for p in files if p.suffix.lower() not in _BARE_EXTENSIONS]
+    if others:
+        notes.append(f"skipped {len(others)} file(s) that are not JPEG/PNG ({_few(others)}); "
+                     "DICOM files need a test.csv naming them")  # fmt: skip
+    nested = [str(p.relative_to(folder)) for p in sorted(folder.rglob("*"))
+              if p.is_file() and p.parent != folder and p.suffix.lower() in _BARE_EXTENSIONS]  # fmt: skip
+    if nested:
+        notes.append(f"skipped {len(nested)} image file(s) in subfolders ({_few(nested)}): only "
+                     "the folder's own files are scored; score a subfolder with its own --data")  # fmt: skip
+    return names, notes
+
+
+def _few(names: list[str], shown: int = 3) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more

@@ -40,7 +40,7 @@ class ShardPlan:
                                    for k, (a, b) in differs.items())  # fmt: skip
                 raise ConfigError(
                     f"Shard {shard_index} cannot join the sharded run in {self.path.parents[2]}: "
-                    f"{listed}. Start every shard with the same command except --shard-index. To "
+                    f"{listed}. Start every shard with the same python -m stage1_embed command except --shard-index. To "
                     f"start over with new settings, let the running shards finish or stop them, then "
                     f"delete {self.path}."
                 )

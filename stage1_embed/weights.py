@@ -104,14 +104,17 @@ def resolve_hub_weights(
     tried.append(f"timm hub: {error}")
     if allow_random:
         logger.warning(
-            "no pretrained weights for %s; using RANDOM initialisation (--allow-random-init)", name
+            "no pretrained weights for %s; using RANDOM initialisation (python -m stage1_embed "
+            "--allow-random-init)",
+            name,
         )
         return ResolvedWeights(name.split(".")[0], False, "random-init")
     raise WeightsError(
         f"No pretrained weights found for backbone {name!r}. Tried: " + "; ".join(tried) + ". "
         "Provide them as a folder in the Hugging Face layout (config.json + model.safetensors) "
         f"inside --weights-dir/${WEIGHTS_DIR_ENV}, name the folder with local-dir:/path, run once "
-        "with internet access, or pass --allow-random-init to embed with random weights (recorded)."
+        "with internet access, or embed with random weights (recorded) with python -m stage1_embed "
+        "--allow-random-init."
     )
 
 

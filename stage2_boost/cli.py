@@ -192,6 +192,8 @@ def format_run_summary(metrics: dict, out: Path) -> str:
         tuning = f"{m['tuning_auc']:.4f}" if m["tuning_auc"] is not None else "untuned"
         lines.append(f"  {name:<6} OOF AUC {m['oof_auc']:.4f} [{m['oof_auc_ci95'][0]:.4f}, {m['oof_auc_ci95'][1]:.4f}]"
                      f"  tuning AUC {tuning}  ({m['n_trials_in_study']} trials in study)")  # fmt: skip
+        if str(m.get("choice", "")).startswith("defaults:"):
+            lines.append(f"         parameters: {m['choice']}")
     low, high = metrics["oof_auc_ci95"]
     lines.append(f"  blend  OOF AUC {metrics['oof_auc']:.4f} [{low:.4f}, {high:.4f}]")
     cal = metrics["calibration"]

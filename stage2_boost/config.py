@@ -11,10 +11,10 @@ from typing import Any
 from .errors import ConfigError
 
 MODELS = ("lgbm", "xgb")  # the booster adapters (boosters.BOOSTERS)
-GROUPS = ("metadata", "patient", "embedding", "probe", "ugly-duckling", "acquisition", "source",
-          "expert")  # fmt: skip
+GROUPS = ("metadata", "patient", "embedding", "probe", "ugly-duckling", "patient-context",
+          "acquisition", "source", "expert")  # fmt: skip
 DEFAULT_GROUPS = ("metadata", "patient", "embedding", "probe", "ugly-duckling")
-IMAGE_GROUPS = frozenset({"embedding", "probe", "ugly-duckling"})
+IMAGE_GROUPS = frozenset({"embedding", "probe", "ugly-duckling", "patient-context"})
 
 SEARCH_BINS = 63
 PRUNE_ROUNDS = True

@@ -146,7 +146,7 @@ def _with_extra(data: StageData, extra: StageData, folder: Path) -> StageData:
     if shared:
         raise ContractError(
             f"{len(shared)} image name(s) of the extra data in {folder} are also in another "
-            f"source, e.g. {sorted(shared)[:5]}. Rerun stage 1 with --drop-extra-duplicates."
+            f"source, e.g. {sorted(shared)[:5]}. Rerun stage 1 with --drop-extra-duplicates (./run_all.sh or python -m stage1_embed)."
         )
     frame = pd.concat([data.frame, extra.frame[rows]], ignore_index=True)
     embeddings = {

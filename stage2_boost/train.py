@@ -60,6 +60,7 @@ class ModelResult:
     n_rounds: int
     oof_auc: float = float("nan")
     ci95: tuple[float, float] = (float("nan"), float("nan"))
+    choice: str = "best trial"  # why these parameters (tune.best_choice)
 
 
 @dataclass
@@ -104,7 +105,7 @@ def resolve_groups(config: Stage2Config, data: StageData) -> tuple[str, ...]:
         raise ConfigError("Feature group 'expert' needs --experts (the expert stage's outputs).")
     if set(config.feature_groups) & IMAGE_GROUPS and not data.embeddings:
         raise ConfigError(
-            "Feature groups embedding/ugly-duckling need embeddings, but none were found in "
+            "Feature groups embedding/probe/ugly-duckling/patient-context need embeddings, but none were found in "
             f"{config.features_dir}/embeddings. Run stage 1 with backbones, or drop those groups."
         )
     return config.feature_groups
@@ -216,8 +217,8 @@ def _ablations(config: Stage2Config, groups: tuple[str, ...]) -> list[tuple[str,
     carry the same signal, so either alone looks worthless). Without --ablate: acquisition only."""
     if not config.ablate:
         return [("acquisition",)] if "acquisition" in groups and len(groups) > 1 else []
-    sets = [(g,) for g in groups] if len(groups) > 1 else []
-    for joint in (IMAGE_GROUPS, {"patient", "ugly-duckling"}):
+    sets: list[tuple[str, ...]] = [(g,) for g in groups] if len(groups) > 1 else []
+    for joint in (IMAGE_GROUPS, {"patient", "ugly-duckling", "patient-context"}):
         chosen = tuple(g for g in groups if g in joint)
         if 1 < len(chosen) < len(groups):
             sets.append(chosen)
@@ -247,8 +248,9 @@ def _check_expert_folds(data: StageData, eval_key: str, config: Stage2Config) ->
         if provenance.get("folds_key") != eval_key:
             raise ContractError(
                 f"Expert {slug} was fine-tuned in other folds than this run evaluates with (other "
-                f"images, --folds or --seed): its probabilities would leak labels into the OOF AUC. "
-                f"Rerun the expert stage with --folds {config.n_folds} --seed {config.seed}."
+                f"images, folds or seed): its probabilities would leak labels into the OOF AUC. "
+                f"Rerun the expert stage: python -m stage1_embed.experts --folds {config.n_folds} "
+                f"--seed {config.seed} (./run_all.sh --experts uses the defaults of both)."
             )
 
 
@@ -308,8 +310,9 @@ def _warn_if_too_few_positives(n_features: int, n_pos: int) -> None:
     if n_features > n_pos:
         logger.warning(
             "%d features but only %d malignant training images: expect the tuning AUC to be "
-            "optimistic and image features to overfit. Consider --components 4-8 or fewer groups "
-            "(e.g. --groups metadata,patient,ugly-duckling).", n_features, n_pos,
+            "optimistic and image features to overfit. Consider python -m stage2_boost train "
+            "--components 4-8, or fewer groups (./run_all.sh --features metadata,patient,"
+            "ugly-duckling).", n_features, n_pos,
         )  # fmt: skip
 
 
@@ -372,6 +375,7 @@ def _tune_and_evaluate(
         len(study.get_trials(deepcopy=False)),
         result,
         n_rounds,
+        choice=choice.reason,
     )
 
 
@@ -409,7 +413,7 @@ def _metrics(
         per_model[model.name] = summary | {
             "tuning_auc": model.tuning_auc, "fold_aucs": model.cv.fold_aucs,
             "n_rounds": model.n_rounds, "params": model.params, "study": model.study,
-            "n_trials_in_study": model.n_trials,
+            "n_trials_in_study": model.n_trials, "choice": model.choice,
         }  # fmt: skip
     blend = blended.oof_logit
     fold_aucs = [auc(target[folds == k], blend[folds == k]) for k in range(len(evaluation))]

@@ -10,10 +10,12 @@ import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
 import optuna
+from optuna.trial import TrialState
 
 from stage1_embed.common import crash_point
 
@@ -305,19 +307,40 @@ def _stop_on_interrupt() -> Iterator[list[int]]:
 
 @dataclass(frozen=True)
 class Choice:
-    """What tuning chose: parameters, the study's best CV AUC, the early-stopped rounds per fold."""
+    """What tuning chose: parameters, their CV AUC in the study, the early-stopped rounds per
+    fold, and why (the best trial, or the defaults it did not clearly beat)."""
 
     params: dict[str, Any]
     tuning_auc: float | None  # None: untuned defaults
     best_iterations: list[int] | None
+    reason: str = "best trial"
 
 
 def best_choice(study: optuna.Study, adapter: BoosterAdapter) -> Choice:
-    """The best finished trial, or the adapter's defaults if the study has none."""
+    """The best finished trial, unless it beats the study's first trial (the library defaults) by
+    less than one standard error of their paired per-fold difference: then the defaults (the
+    one-standard-error rule; with ~70 melanomas the best of many trials is mostly the luckiest,
+    and its out-of-fold AUC falls as trials are added). The defaults also when nothing finished."""
     if _best_value(study) is None:
-        return Choice(adapter.default_params(), None, None)
+        return Choice(adapter.default_params(), None, None, "untuned defaults")
     best = study.best_trial
-    return Choice(dict(best.params), best.value, best.user_attrs.get("best_iterations"))
+    chosen = Choice(dict(best.params), best.value, best.user_attrs.get("best_iterations"))
+    defaults = next((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                     if t.user_attrs.get("start") == "library defaults"), None)  # fmt: skip
+    if defaults is None or defaults.number == best.number:
+        return chosen
+    gain = np.subtract(
+        best.user_attrs.get("fold_aucs") or [], defaults.user_attrs.get("fold_aucs") or []
+    )
+    if len(gain) < 2:
+        return chosen
+    se = float(gain.std(ddof=1) / np.sqrt(len(gain)))
+    if gain.mean() > se:
+        return replace(chosen, reason=f"best trial: +{gain.mean():.4f} over the defaults, beyond "
+                       f"one standard error ({se:.4f})")  # fmt: skip
+    return Choice(dict(defaults.params), defaults.value, defaults.user_attrs.get("best_iterations"),
+                  f"defaults: the best trial ({best.number}) beat them by {gain.mean():+.4f}, within "
+                  f"one standard error ({se:.4f}) of the per-fold differences")  # fmt: skip
 
 
 def _best_value(study: optuna.Study) -> float | None:

@@ -201,3 +201,78 @@ def _edit_manifest(folder: Path, **changes: object) -> None:
     manifest = json.loads((folder / "model.json").read_text())
     manifest.update(changes)
     (folder / "model.json").write_text(json.dumps(manifest))
+
+
+def test_scoring_never_replaces_the_features_a_model_was_trained_on(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    demo, model = trained
+    features = model.parent.parent
+    bare = tmp_path / "demo"  # a bare folder that happens to share the dataset's name
+    bare.mkdir()
+    name = pd.read_csv(demo / "test.csv")["image_name"].iloc[0]
+    shutil.copy(demo / "jpeg" / "test" / f"{name}.jpg", bare)
+    before = (features / "manifest.parquet").read_bytes()
+    done = subprocess.run(["./run_all.sh", "--model", str(model), "--data", str(bare), "--out",
+                           str(features)], cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 2, done.stdout[-2000:]
+    assert "holds the training features" in done.stderr and "-scored" in done.stderr
+    assert (features / "manifest.parquet").read_bytes() == before
+
+
+def test_a_bare_folder_scores_every_image_file_and_says_what_it_skipped(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    demo, model = trained
+    names = pd.read_csv(demo / "test.csv")["image_name"].tolist()
+    bare = tmp_path / "bare"
+    (bare / "sub").mkdir(parents=True)
+    shutil.copy(demo / "jpeg" / "test" / f"{names[0]}.jpg", bare / "Z.jpg")
+    png = bare / "Z.png"  # the same stem, another image
+    from PIL import Image
+
+    Image.open(demo / "jpeg" / "test" / f"{names[1]}.jpg").save(png)
+    shutil.copy(demo / "jpeg" / "test" / f"{names[2]}.jpg", bare / "sub" / "a.jpg")
+    (bare / "notes.txt").write_text("not an image")
+    done = subprocess.run(["./run_all.sh", "--model", str(model), "--data", str(bare), "--out",
+                           str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    scored = pd.read_csv(tmp_path / "out" / "predictions.csv")
+    assert sorted(scored["image_name"]) == ["Z.jpg", "Z.png"]
+    assert scored["probability"].nunique() == 2  # two images, two different scores
+    assert "skipped 1 file(s) that are not JPEG/PNG (notes.txt)" in done.stdout
+    assert "skipped 1 image file(s) in subfolders (sub/a.jpg)" in done.stdout
+    assert "each of those is scored under its full file name" in done.stderr
+
+
+def test_labelled_images_are_scored_with_their_target_and_an_auc(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    demo, model = trained
+    done = subprocess.run(["./run_all.sh", "--model", str(model), "--data", str(demo), "--split",
+                           "train", "--out", str(tmp_path / "out")], cwd=REPO, capture_output=True,
+                          text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    scored = pd.read_csv(tmp_path / "out" / "predictions.csv")
+    train = pd.read_csv(demo / "train.csv").set_index("image_name")
+    assert (
+        scored["target"].to_numpy() == train.loc[scored["image_name"], "target"].to_numpy()
+    ).all()
+    assert "labelled: " in done.stdout and "auc 0." in done.stdout and "pauc80 0." in done.stdout
+
+
+def test_a_test_csv_of_names_and_patients_with_jpg_suffixes_is_scored(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    demo, model = trained
+    test = pd.read_csv(demo / "test.csv")
+    fresh = tmp_path / "clinic"
+    (fresh / "jpeg" / "test").mkdir(parents=True)
+    test.assign(image_name=test["image_name"] + ".jpg")[["image_name", "patient_id"]].to_csv(
+        fresh / "test.csv", index=False
+    )
+    for name in test["image_name"]:
+        shutil.copy(demo / "jpeg" / "test" / f"{name}.jpg", fresh / "jpeg" / "test")
+    scored = score(model, fresh, tmp_path / "out")
+    assert len(scored) == len(test) and (scored["read_status"] == "ok").all()
+    assert scored["image_name"].str.endswith(".jpg").all() and scored["sex"].isna().all()

@@ -150,7 +150,7 @@ def _rows(config: ExpertConfig) -> pd.DataFrame:
         ]
         if missing:
             raise DataError(f"{len(missing)} image(s) of {folder}/manifest.parquet are not in {source.describe()}, e.g. "
-                            f"{missing[:5]}. Pass the --data (and --images) that stage 1 used.")  # fmt: skip
+                            f"{missing[:5]}. Pass the --data (and --images) that stage 1 used (./run_all.sh, python -m stage1_embed.experts).")  # fmt: skip
         items: list[tuple[ImageSource, ImageRef]] = [(source, refs[(s, n)]) for s, n in
                                                      zip(usable["split"], usable["image_name"], strict=True)]  # fmt: skip
         frames.append(
@@ -283,5 +283,7 @@ def _auc(target: np.ndarray, score: np.ndarray) -> float:
     from sklearn.metrics import roc_auc_score
 
     if len(np.unique(target)) < 2:
-        raise ConfigError("A fold has a single class; use fewer --folds.")
+        raise ConfigError(
+            "A fold has a single class; use fewer folds (python -m stage1_embed.experts --folds)."
+        )
     return float(roc_auc_score(target, score))

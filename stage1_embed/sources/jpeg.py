@@ -65,14 +65,17 @@ def _has_image(folder: Path) -> bool:
 
 
 def _files_by_stem(folder: Path) -> dict[str, Path]:
-    """Map file stem -> path for the images directly inside ``folder``; when one stem has several
-    files, the extension earliest in EXTENSIONS wins (.jpg before .jpeg before .png)."""
+    """Map image name -> path for the images directly inside ``folder``: each file by its stem
+    (when one stem has several files, the extension earliest in EXTENSIONS wins: .jpg before
+    .jpeg before .png) and by its full file name, so ``ISIC_1.jpg`` in a CSV finds ISIC_1.jpg and
+    a bare folder's ``Z.png`` (named so beside Z.jpg) finds its own file."""
     if not folder.is_dir():
         return {}
     best: dict[str, tuple[int, Path]] = {}
-    for path in folder.iterdir():
-        if _is_image(path):
-            rank = EXTENSIONS.index(path.suffix.lower())
-            if path.stem not in best or rank < best[path.stem][0]:
-                best[path.stem] = (rank, path)
-    return {stem: path for stem, (_, path) in best.items()}
+    images = [path for path in folder.iterdir() if _is_image(path)]
+    for path in images:
+        rank = EXTENSIONS.index(path.suffix.lower())
+        if path.stem not in best or rank < best[path.stem][0]:
+            best[path.stem] = (rank, path)
+    by_name = {path.name: path for path in images}
+    return by_name | {stem: path for stem, (_, path) in best.items()}

@@ -14,6 +14,7 @@ from .embedding import EmbeddingFeatures
 from .expert import ExpertFeatures
 from .metadata import MetadataFeatures
 from .patient import PatientFeatures
+from .patient_context import PatientContextFeatures
 from .probe import LinearProbeFeatures
 from .source import SourceFeatures
 from .ugly_duckling import UglyDucklingFeatures
@@ -43,6 +44,8 @@ def create_feature_groups(
             groups += [LinearProbeFeatures(s, seed) for s in backbones]
         elif name == "ugly-duckling":
             groups += [UglyDucklingFeatures(s) for s in backbones]
+        elif name == "patient-context":
+            groups += [PatientContextFeatures(s, "pca", n_components, seed) for s in backbones]
     return groups
 
 
@@ -69,4 +72,6 @@ def feature_group_of(column: str) -> str:
         ]
     if rest == "probe":
         return "probe"
+    if rest.startswith("pc_"):
+        return "patient-context"
     return "ugly-duckling" if rest.startswith("ud_") else "embedding"

@@ -39,6 +39,8 @@ class PredictSummary:
     model_run: str
     model_auc: float
     predictions: pd.DataFrame  # what predictions.csv holds
+    skipped: list[str]  # files of a bare folder that were not scored, and why
+    metrics: dict | None  # with labels: AUC, pAUC80, ... with patient-bootstrap intervals
 
 
 def run_predict(
@@ -76,6 +78,11 @@ def run_predict(
                        len(unreadable))  # fmt: skip
         predictions = pd.concat([predictions, unreadable[["image_name", "patient_id", "read_status", "read_error"]]],
                                 ignore_index=True)  # fmt: skip
+    metrics = None
+    if split == "train":  # labels exist: carry them, and say how well the model ranks them
+        labels = wanted.set_index("image_name")["target"]
+        predictions.insert(1, "target", labels.reindex(predictions["image_name"]).to_numpy())
+        metrics = _labelled_metrics(predictions[predictions["read_status"] == "ok"])
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_csv(predictions, out_dir / PREDICTIONS)
@@ -88,7 +95,21 @@ def run_predict(
         out_dir, split, len(ok), len(unreadable), int((ok["patient_images"] == 1).sum()),
         not provenance.get("patients_from_image_names", False), model.manifest["run_id"],
         float(model.manifest["metrics"]["oof_auc"]), predictions,
+        list(provenance.get("skipped_files") or []), metrics,
     )  # fmt: skip
+
+
+def _labelled_metrics(scored: pd.DataFrame) -> dict | None:
+    """AUC and the ISIC 2024 metrics of the calibrated probability, with patient-bootstrap
+    intervals; None when the labelled images hold only one class."""
+    from ..metrics import metric_summary
+
+    target = scored["target"].to_numpy(dtype=int)
+    if target.min() == target.max():
+        return None
+    return {"n": len(scored), "n_pos": int(target.sum())} | metric_summary(
+        target, scored["probability"].to_numpy(float), scored["patient_id"].astype(str).to_numpy()
+    )
 
 
 def format_predict_summary(summary: PredictSummary) -> str:
@@ -102,6 +123,15 @@ def format_predict_summary(summary: PredictSummary) -> str:
     else:
         lines.append("  no CSV: each image was scored as its own patient (patient and ugly-duckling "
                      "features missing) with missing age, sex and site")  # fmt: skip
+    if summary.metrics is not None:
+        m = summary.metrics
+        parts = [f"{name} {m[name]:.4f} [{m[f'{name}_ci95'][0]:.4f}, {m[f'{name}_ci95'][1]:.4f}]"
+                 for name in ("auc", "pauc80") if m.get(name) is not None]  # fmt: skip
+        lines.append(f"  labelled: {m['n']} images ({m['n_pos']} malignant): " + "; ".join(parts)
+                     + " (95% CI, patient bootstrap); predictions.csv has their target")  # fmt: skip
+        lines += [f"  {name} not reported: {why}" for name, why in m["not_reported"].items()
+                  if name in ("auc", "pauc80")]  # fmt: skip
+    lines += [f"  not scored: {note}" for note in summary.skipped]
     lines.append(f"outputs: {summary.out_dir / PREDICTIONS}, {summary.out_dir / SUBMISSION}")
     return "\n".join(lines)
 

@@ -56,9 +56,19 @@ def test_empty_csv(tmp_path: Path, text: str) -> None:
 
 
 def test_missing_required_column_is_named(tmp_path: Path) -> None:
-    path = write(tmp_path, "image_name,patient_id,sex,age_approx,target\nA,P,male,40,0\n")
-    with pytest.raises(DataError, match="anatom_site_general_challenge"):
+    path = write(tmp_path, "image_name,sex,age_approx,target\nA,male,40,0\n")
+    with pytest.raises(DataError, match="patient_id"):
         read_split_csv(path, "train")
+
+
+def test_absent_optional_columns_are_missing_values(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write(tmp_path, "image_name,patient_id\nA,P1\nB,P1\n")
+    table = read_split_csv(path, "test")
+    assert table["sex"].isna().all() and table["age_approx"].isna().all()
+    assert table["anatom_site_general_challenge"].isna().all()
+    assert "no sex / age_approx / anatom_site_general_challenge column" in caplog.text
 
 
 def test_duplicate_image_name_lists_lines(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from stage2_boost.config import GROUPS
 from stage2_boost.cv import prepare_folds
 from stage2_boost.data import load_stage_data
 from stage2_boost.features import create_feature_groups, feature_group_of
+from stage2_boost.features.patient_context import leave_one_out_z
 from stage2_boost.features.ugly_duckling import patient_outlier_stats
 from tests.stage2.helpers import make_embeddings, synthetic_manifest, write_stage1
 
@@ -183,3 +184,22 @@ def test_the_parser_runs_and_inspect_import_only_what_they_use(
     code = f"import sys, {module}; print([m for m in {absent!r} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_patient_context_scores_each_image_against_its_patients_others(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    values = rng.normal(size=(6, 3))
+    z = leave_one_out_z(values)
+    for i in range(6):
+        others = np.delete(values, i, axis=0)
+        assert np.allclose(z[i], (values[i] - others.mean(0)) / others.std(0))
+    manifest = synthetic_manifest(n_patients=8, per_patient=6, n_test_patients=0)
+    vectors = rng.normal(0, 0.1, (len(manifest), 16)) + 1.0
+    vectors[::6] = -vectors[::6]  # the first image of every patient looks like none of the others
+    write_stage1(tmp_path, manifest, {"bb": vectors})
+    data = load_stage_data(tmp_path, None)
+    rows = np.arange(len(manifest))
+    (group,) = create_feature_groups(["patient-context"], ["bb"], "pca", 4, 0)
+    frame = group.fit(data, rows).transform(data, rows)
+    lof = frame["bb__pc_lof"].to_numpy().reshape(8, 6)
+    assert (lof.argmax(axis=1) == 0).all() and (lof[:, 0] > 2).all()
