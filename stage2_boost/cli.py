@@ -216,7 +216,10 @@ def format_run_summary(metrics: dict, out: Path) -> str:
     if best and best["delta_auc_ci95"][1] < 0:
         lines.append(f"  WORSE than run {best['run']}: {out / 'model'} now holds this run's model; that "
                      f"run's is in {out / 'runs' / best['run'] / 'model'} (--model takes either)")  # fmt: skip
-    lines.append(f"outputs: {out} (report: {out / 'report' / 'report.md'})")
+    lines.append(
+        f"outputs: {out} (report: {out / 'report' / 'report.html'}, open it in a browser; "
+        "and report.md)"
+    )
     return "\n".join(lines)
 
 

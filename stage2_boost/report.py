@@ -22,6 +22,8 @@ from stage1_embed.common import atomic_path, atomic_write_text
 from .cache import ContentCache, cached_png, content_key
 from .data import StageData
 from .features import feature_group_of
+from .galleries import Galleries
+from .html_pages import write_report_html
 from .model.calibration import reliability_table
 
 GROUP_COLOURS = {"metadata": "#1f77b4", "patient": "#ff7f0e", "embedding": "#2ca02c",
@@ -34,9 +36,10 @@ MIN_GROUP = 20  # subgroups smaller than this, or with one class, get no AUC
 
 def write_report(
     out: Path, metrics: dict[str, Any], oof: pd.DataFrame, importance: pd.DataFrame,
-    data: StageData, cache: ContentCache | None = None,
+    data: StageData, cache: ContentCache | None = None, galleries: Galleries | None = None,
 ) -> Path:  # fmt: skip
-    """Write PNG plots and ``report.md`` under ``<out>/report``.
+    """Write PNG plots, ``report.md`` and (with ``galleries``) the self-contained
+    ``report.html`` under ``<out>/report``.
 
     Each figure is a function of exactly the data it shows: drawn once per content (the data, the
     code, matplotlib's version) and then copied from the stage 2 cache (a rerun whose refits were
@@ -55,6 +58,8 @@ def write_report(
     figures.draw("reliability.png", _reliability_plot, oof[["target", "blend", "probability"]],
                  cal["brier"], cal["ece"])  # fmt: skip
     atomic_write_text(folder / "report.md", _markdown(metrics, subgroups))
+    if galleries is not None:
+        write_report_html(folder, metrics, importance, galleries)
     return folder
 
 

@@ -523,9 +523,12 @@ def _write_outputs(
     write_metrics(metrics, out / "metrics.json")
     append_run(_run_row(metrics), out / RUNS_FILE)
     if config.report:
+        from .galleries import report_galleries
         from .report import write_report
 
-        write_report(out, metrics, oof, importance, data, cache)
+        galleries = report_galleries(oof, data, [(m.name, m.cv.models) for m in models],
+                                     evaluation, config.features_dir, cache)  # fmt: skip
+        write_report(out, metrics, oof, importance, data, cache, galleries)
 
 
 def _run_row(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -91,12 +91,48 @@ def run_predict(
                out_dir / SUBMISSION)  # fmt: skip
     if scored.contributions is not None:
         _write_csv(scored.contributions, out_dir / EXPLANATIONS)
-    return PredictSummary(
+    summary = PredictSummary(
         out_dir, split, len(ok), len(unreadable), int((ok["patient_images"] == 1).sum()),
         not provenance.get("patients_from_image_names", False), model.manifest["run_id"],
         float(model.manifest["metrics"]["oof_auc"]), predictions,
         list(provenance.get("skipped_files") or []), metrics,
     )  # fmt: skip
+    _write_page(summary, features_dir, split)
+    return summary
+
+
+def _write_page(summary: PredictSummary, features_dir: Path, split: str) -> None:
+    """predictions.html: each image shown, thumbnails made through stage 1's readers."""
+    from stage1_embed.thumbnails import make_thumbnails
+
+    from ..galleries import Card
+    from ..html_pages import write_predictions_html
+
+    frame = summary.predictions
+    reasons = frame["top_reasons"] if "top_reasons" in frame else pd.Series("", index=frame.index)
+    cards = [
+        Card(str(row.image_name), str(row.patient_id),
+             None if row.read_status != "ok" else float(row.probability),
+             malignant=bool(target) if pd.notna(target) else None,
+             reasons="" if pd.isna(why) else str(why),
+             error="" if row.read_status == "ok" else f"{row.read_status}: {row.read_error}")
+        for row, target, why in zip(frame.itertuples(), frame.get("target", [pd.NA] * len(frame)),
+                                    reasons, strict=True)
+    ]  # fmt: skip
+
+    def add_thumbnails(shown: list[Card]) -> None:
+        readable = [c for c in shown if not c.error]
+        made = make_thumbnails(features_dir, [(split, c.image_name) for c in readable])
+        for c in readable:
+            thumb = made[(split, c.image_name)]
+            c.thumbnail, c.error = (thumb, "") if isinstance(thumb, bytes) else (None, thumb)
+
+    labelled = ""
+    if summary.metrics is not None:
+        m = summary.metrics
+        labelled = (f"Labelled: {m['n']} images ({m['n_pos']} malignant), AUC {m['auc']:.4f} "
+                    f"[{m['auc_ci95'][0]:.4f}, {m['auc_ci95'][1]:.4f}] (patient bootstrap).")  # fmt: skip
+    write_predictions_html(summary.out_dir, summary, cards, add_thumbnails, labelled)
 
 
 def _labelled_metrics(scored: pd.DataFrame) -> dict | None:
@@ -132,7 +168,10 @@ def format_predict_summary(summary: PredictSummary) -> str:
         lines += [f"  {name} not reported: {why}" for name, why in m["not_reported"].items()
                   if name in ("auc", "pauc80")]  # fmt: skip
     lines += [f"  not scored: {note}" for note in summary.skipped]
-    lines.append(f"outputs: {summary.out_dir / PREDICTIONS}, {summary.out_dir / SUBMISSION}")
+    lines.append(
+        f"outputs: {summary.out_dir / PREDICTIONS}, {summary.out_dir / SUBMISSION}, "
+        f"{summary.out_dir / 'predictions.html'} (open it in a browser)"
+    )
     return "\n".join(lines)
 
 

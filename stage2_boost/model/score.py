@@ -83,10 +83,14 @@ def score_rows(
     })  # fmt: skip
     if not explain:
         return Scored(predictions)
-    return Scored(predictions, _grouped(np.mean(contributions, axis=0), columns, predictions))
+    return Scored(
+        predictions, grouped_contributions(np.mean(contributions, axis=0), columns, predictions)
+    )
 
 
-def _grouped(values: np.ndarray, columns: list[str], predictions: pd.DataFrame) -> pd.DataFrame:
+def grouped_contributions(
+    values: np.ndarray, columns: list[str], predictions: pd.DataFrame
+) -> pd.DataFrame:
     """Contributions (log-odds, mean over folds and models) summed per readable feature group."""
     names = [_READABLE.get(c, feature_group_of(c)) for c in columns] + ["baseline"]
     wide = pd.DataFrame(values, columns=pd.Index(range(len(names))))

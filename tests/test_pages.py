@@ -1,0 +1,156 @@
+"""report.html and predictions.html of the demo, opened in headless Chromium from file:// with
+the network off; thumbnails of one image alike in every format.
+
+The browser tests need Debian's ``chromium`` (``.ci/run`` installs it when absent) and the
+``playwright`` package (the test extra) to drive it; they skip, saying which is missing, where
+either cannot be had. Screenshots go to ``build/screenshots/`` (or $MELANOMA_SCREENSHOTS)."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from stage1_embed.config import Stage1Config
+from stage1_embed.pipeline import run_stage1
+from stage1_embed.thumbnails import make_thumbnails
+from stage2_boost.config import Stage2Config
+from stage2_boost.galleries import GALLERY_SIZE
+from stage2_boost.model.predict import run_predict
+from stage2_boost.train import run_training
+from tests.conftest import REPO, WEIGHTS, require
+from tests.stage2.helpers import FAST
+
+pytestmark = pytest.mark.slow
+SCREENSHOTS = Path(os.environ.get("MELANOMA_SCREENSHOTS", REPO / "build" / "screenshots"))
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The smoke demo in three formats; Lite0 embeddings from its JPEGs; a run with its report;
+    the test images scored with --explain."""
+    root = tmp_path_factory.mktemp("pages")
+    demo = root / "demo"
+    subprocess.run([sys.executable, "-m", "stage1_embed.demo", "--out", str(demo), "--patients",
+                    "30"], check=True, cwd=REPO, capture_output=True)  # fmt: skip
+    spec = f"local-dir:{require(WEIGHTS / 'tf_efficientnet_lite0')}"
+    features = root / "features"
+    run_stage1(Stage1Config(data_dir=demo, out_dir=features, backbones=(spec,), image_format="jpeg",
+                            num_workers=0, progress=False))  # fmt: skip
+    config = Stage2Config(features_dir=features, n_components=4, **FAST | {"report": True})
+    run_training(config)
+    run_predict(config.stage2_dir / "model", features, root / "scored", explain=True)
+    return {"demo": demo, "features": features, "report": config.stage2_dir / "report" / "report.html",
+            "predictions": root / "scored" / "predictions.html", "root": root}  # fmt: skip
+
+
+def browser() -> tuple[Any, str]:
+    """Playwright driving Debian's Chromium, or a skip saying what is missing."""
+    executable = shutil.which("chromium") or shutil.which("chromium-browser")
+    if executable is None:
+        pytest.skip("no chromium on PATH (Debian: apt-get install chromium; .ci/run does)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    return sync_api, executable
+
+
+def open_offline(path: Path, screenshot: str) -> dict:
+    """Load ``path`` with every network request refused; what a reviewer would check by eye."""
+    sync_api, executable = browser()
+    with sync_api.sync_playwright() as driver:
+        chromium = driver.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        context = chromium.new_context(viewport={"width": 1200, "height": 900}, offline=True)
+        requests: list[str] = []
+        context.route("**/*", lambda route: (requests.append(route.request.url), route.abort())
+                      if not route.request.url.startswith(("file:", "data:")) else route.continue_())  # fmt: skip
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(path.as_uri(), wait_until="load")
+        found = page.evaluate("""() => ({
+            images: document.images.length,
+            broken: Array.from(document.images).filter(i => !i.complete || i.naturalWidth === 0).length,
+            cards: document.querySelectorAll('figure.card').length,
+            galleries: Array.from(document.querySelectorAll('.gallery')).map(g => g.querySelectorAll('figure.card').length),
+            patients: document.querySelectorAll('.patient').length,
+            unreadable: document.querySelectorAll('figure.card.unreadable').length,
+            rows: document.querySelectorAll('table tbody tr').length,
+        })""")
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        shot = SCREENSHOTS / screenshot
+        page.screenshot(path=str(shot))
+        page.fill("#filter", "no-such-patient") if page.query_selector("#filter") else None
+        found["visible_after_filter"] = page.evaluate(
+            "() => Array.from(document.querySelectorAll('.patient')).filter(p => p.offsetParent !== null).length"
+        )
+        chromium.close()
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    return found | {"errors": errors, "requests": requests, "pixel_std": float(pixels.std()),
+                    "screenshot": shot}  # fmt: skip
+
+
+def test_report_html_opens_offline_with_every_image_and_gallery(demo_run: dict[str, Path]) -> None:
+    found = open_offline(demo_run["report"], "report.png")
+    assert found["errors"] == [] and found["requests"] == []
+    assert found["images"] > 2 * GALLERY_SIZE and found["broken"] == 0
+    missed, flagged = found["galleries"][:2]
+    assert missed == GALLERY_SIZE and flagged == GALLERY_SIZE
+    assert 1 <= found["patients"] <= 4 and found["rows"] >= 7 + 3  # metrics and feature groups
+    assert found["pixel_std"] > 10, f"blank screenshot? {found['screenshot']}"
+
+
+def test_predictions_html_shows_every_scored_image(demo_run: dict[str, Path]) -> None:
+    found = open_offline(demo_run["predictions"], "predictions.png")
+    scored = pd.read_csv(demo_run["predictions"].parent / "predictions.csv")
+    assert found["errors"] == [] and found["requests"] == []
+    assert found["cards"] == len(scored) and found["images"] == len(scored) and found["broken"] == 0
+    assert found["patients"] == scored["patient_id"].nunique()
+    assert found["visible_after_filter"] == 0  # the filter box hides what does not match
+    assert found["pixel_std"] > 10, f"blank screenshot? {found['screenshot']}"
+
+
+def test_unreadable_images_are_shown_with_their_error_and_no_probability(
+    demo_run: dict[str, Path], tmp_path: Path
+) -> None:
+    demo = demo_run["demo"]
+    fresh = tmp_path / "clinic"
+    (fresh / "jpeg" / "test").mkdir(parents=True)
+    shutil.copy(demo / "test.csv", fresh / "test.csv")
+    names = pd.read_csv(demo / "test.csv")["image_name"].tolist()
+    for name in names:
+        shutil.copy(demo / "jpeg" / "test" / f"{name}.jpg", fresh / "jpeg" / "test")
+    (fresh / "jpeg" / "test" / f"{names[0]}.jpg").write_bytes(b"not a jpeg")
+    model = demo_run["features"] / "stage2" / "model"
+    done = subprocess.run(["./run_all.sh", "--model", str(model), "--data", str(fresh), "--out",
+                           str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    html = (tmp_path / "out" / "predictions.html").read_text()
+    assert html.count('class="card unreadable"') == 1 and "no probability" in html
+    found = open_offline(tmp_path / "out" / "predictions.html", "predictions-unreadable.png")
+    assert found["unreadable"] == 1 and found["broken"] == 0 and found["errors"] == []
+
+
+def test_thumbnails_of_one_image_look_alike_in_every_format(demo_run: dict[str, Path]) -> None:
+    demo, root = demo_run["demo"], demo_run["root"]
+    spec = f"local-dir:{require(WEIGHTS / 'tf_efficientnet_lite0')}"
+    name = pd.read_csv(demo / "train.csv")["image_name"].iloc[0]
+    thumbs = {}
+    for image_format in ("jpeg", "dicom", "tfrecord"):
+        out = root / f"thumbs-{image_format}"
+        run_stage1(Stage1Config(data_dir=demo, out_dir=out, backbones=(spec,),
+                                image_format=image_format, num_workers=0, progress=False))  # fmt: skip
+        made = make_thumbnails(out, [("train", name)])[("train", name)]
+        assert isinstance(made, bytes), made
+        thumbs[image_format] = np.asarray(Image.open(io.BytesIO(made)).convert("RGB"), dtype=float)
+    for image_format in ("dicom", "tfrecord"):
+        assert thumbs[image_format].shape == thumbs["jpeg"].shape
+        assert np.abs(thumbs[image_format] - thumbs["jpeg"]).mean() < 2.0, image_format
