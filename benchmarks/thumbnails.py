@@ -13,6 +13,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 
@@ -22,6 +23,8 @@ from benchmarks.common import WEIGHTS, isic_jpeg_layout, machine, require_shared
 from stage1_embed.config import Stage1Config
 from stage1_embed.pipeline import run_stage1
 from stage1_embed.thumbnails import make_thumbnails
+from stage2_boost.galleries import Card
+from stage2_boost.html_pages import MAX_PREDICTION_CARDS, write_predictions_html
 
 FULL_SCALE = 44_108
 PAGE = 150  # about what report.html shows: 2 galleries of 12 and 4 patient strips of up to 24
@@ -53,6 +56,28 @@ def main() -> None:
     print(f"| every image at full scale (scaled) | {FULL_SCALE:,} | {per_image_s * FULL_SCALE:.0f} | "
           f"{per_image_b * FULL_SCALE / 1e6:.0f} MB |")  # fmt: skip
     print(f"one page costs {rows[0][2] / (per_image_s * FULL_SCALE):.4f}x the full-scale set")
+    page_sizes(made, args.work)
+
+
+def page_sizes(thumbs: dict, work: Path) -> None:
+    """predictions.html for 10,000 scored images (500 patients of 20), the real thumbnails reused:
+    the page shows MAX_PREDICTION_CARDS of them whatever the count."""
+    images = [v for v in thumbs.values() if isinstance(v, bytes)]
+    cards = [Card(f"IMG_{i:05d}", f"P{i // 20:04d}", float(i % 997) / 997, reasons="embedding +0.41; age +0.12")
+             for i in range(10_000)]  # fmt: skip
+    summary = SimpleNamespace(model_run="benchmark", n_scored=10_000, n_unreadable=0, split="test",
+                              model_auc=0.9, skipped=[])  # fmt: skip
+
+    def add(shown: list[Card]) -> None:
+        for i, card in enumerate(shown):
+            card.thumbnail = images[i % len(images)]
+
+    started = time.perf_counter()
+    path = write_predictions_html(work, summary, cards, add)
+    print(
+        f"predictions.html for 10,000 scored images: {path.stat().st_size / 1e6:.2f} MB, "
+        f"{MAX_PREDICTION_CARDS} shown, {time.perf_counter() - started:.2f} s"
+    )
 
 
 if __name__ == "__main__":

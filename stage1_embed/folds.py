@@ -40,6 +40,12 @@ def make_folds(train: pd.DataFrame, n_folds: int, seed: int) -> np.ndarray:
 
 def check_trainable(train: pd.DataFrame, n_folds: int) -> None:
     """Refuse data that cannot support ``n_folds``-fold grouped cross-validation."""
+    if train.empty:
+        raise DataError(
+            "The stage 1 outputs hold no training images, only test images (a folder written by "
+            "scoring with --model, or a dataset without train.csv). Train on the stage 1 outputs "
+            "of a dataset with a train.csv: ./run_all.sh --data DIR."
+        )
     n_pos = int(train["target"].sum())
     classes = train["target"].nunique()
     if classes < 2:

@@ -203,15 +203,16 @@ def format_run_summary(metrics: dict, out: Path) -> str:
     if extra.get("n_rows"):
         lines.append(f"  extra training rows: {extra['n_rows']} ({extra['n_pos']} malignant) from "
                      f"{', '.join(extra['sources'])}; AUCs above are on the primary rows only")  # fmt: skip
+    from .compare import short_delta
+
     lines += clinical_lines(metrics)
     lines += ablation_lines(metrics.get("ablation") or {})
     versus = metrics.get("versus") or {}
     for role, entry in versus.items():
         if role == "best" and entry["run"] == versus["previous"]["run"]:
             continue
-        low, high = entry["delta_auc_ci95"]
         lines.append(f"  versus the {role} run on these images ({entry['run']}, {entry['oof_auc']:.4f}): "
-                     f"ΔAUC {entry['delta_auc']:+.4f} [{low:+.4f}, {high:+.4f}], paired")  # fmt: skip
+                     f"ΔAUC {short_delta(entry)}, paired")  # fmt: skip
     best = versus.get("best")
     if best and best["delta_auc_ci95"][1] < 0:
         lines.append(f"  WORSE than run {best['run']}: {out / 'model'} now holds this run's model; that "
@@ -244,20 +245,20 @@ def clinical_lines(metrics: dict) -> list[str]:
 
 
 def ablation_lines(ablation: dict) -> list[str]:
+    from .compare import delta_text
+
     rows = ablation.get("groups") or []
     if not rows:
         return []
     lines = ["  what each feature group is worth (blend with it minus without it, tuned parameters "
              "kept, paired 95% CI):"]  # fmt: skip
+    width = max(len(row["group"]) for row in rows)
     for row in rows:
-        low, high = row["delta_auc_ci95"]
         pauc = ""
         if row.get("delta_pauc80") is not None:
-            plow, phigh = row["delta_pauc80_ci95"]
-            pauc = f"; ΔpAUC80 {row['delta_pauc80']:+.4f} [{plow:+.4f}, {phigh:+.4f}]"
-        lines.append(
-            f"    {row['group']:<14} ΔAUC {row['delta_auc']:+.4f} [{low:+.4f}, {high:+.4f}]{pauc}"
-        )
+            pauc = f"; ΔpAUC80 {delta_text(row['delta_pauc80'], row['delta_pauc80_ci95'])}"
+        lines.append(f"    {row['group']:<{width}} ΔAUC "
+                     f"{delta_text(row['delta_auc'], row['delta_auc_ci95'])}{pauc}")  # fmt: skip
     return lines
 
 

@@ -9,6 +9,7 @@ run's own, which is what "B is better than A" needs.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,10 +71,15 @@ def compare_evidence(
     return result
 
 
+def delta_text(delta: float, ci95: Sequence[float]) -> str:
+    """``+0.0120 [+0.0040, +0.0210]``: a paired difference with its interval."""
+    return f"{delta:+.4f} [{ci95[0]:+.4f}, {ci95[1]:+.4f}]"
+
+
 def verdict(result: dict[str, Any]) -> str:
     """One plain line on whether B beats A by AUC, from the paired interval."""
-    delta, (low, high) = result["delta_auc"], result["delta_auc_ci95"]
-    shown = f"ΔAUC {delta:+.4f} [{low:+.4f}, {high:+.4f}]"
+    low, high = result["delta_auc_ci95"]
+    shown = f"ΔAUC {delta_text(result['delta_auc'], (low, high))}"
     if low > 0:
         return f"{result['run_b']} is better than {result['run_a']}: {shown}"
     if high < 0:
@@ -91,10 +97,9 @@ def format_comparison(result: dict[str, Any]) -> str:
         if name in result["not_reported"]:
             lines.append(f"{label:<52} not reported: {result['not_reported'][name]}")
             continue
-        low, high = result[f"delta_{name}_ci95"]
         better = " (lower is better)" if lower_better else ""
         lines.append(f"{label:<52} {result[f'a_{name}']:>8.4f} {result[f'b_{name}']:>8.4f}  "
-                     f"{result[f'delta_{name}']:+.4f} [{low:+.4f}, {high:+.4f}]{better}")  # fmt: skip
+                     f"{delta_text(result[f'delta_{name}'], result[f'delta_{name}_ci95'])}{better}")  # fmt: skip
     lines.append(f"DeLong's paired test (assumes independent images): p = {result['p_delong']:.3g}")
     lines += [f"note: {note}" for note in result["notes"]]
     lines.append(result["verdict"])
@@ -176,7 +181,4 @@ def versus_earlier(stage2: Path, run: Evidence, n_boot: int, seed: int) -> dict[
 
 def short_delta(entry: dict[str, Any] | None) -> str:
     """``+0.0120 [+0.0040, +0.0210]``: a paired ΔAUC for the run log."""
-    if not entry:
-        return "-"
-    low, high = entry["delta_auc_ci95"]
-    return f"{entry['delta_auc']:+.4f} [{low:+.4f}, {high:+.4f}]"
+    return delta_text(entry["delta_auc"], entry["delta_auc_ci95"]) if entry else "-"

@@ -8,6 +8,7 @@ their lesions ordered by how unlike the patient's others each looks (the "ugly d
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stage1_embed.thumbnails import make_thumbnails
+from stage1_embed.errors import DataError
 
 from .boosters import create_booster
 from .cache import ContentCache, content_key
@@ -25,6 +26,7 @@ from .data import StageData
 from .features.ugly_duckling import UglyDucklingFeatures
 from .model.score import grouped_contributions, top_reasons
 
+logger = logging.getLogger(__name__)
 GALLERY_SIZE = 12  # lesions per gallery
 PATIENTS = 4  # patient strips
 STRIP_SIZE = 24  # lesions per patient strip at most
@@ -147,7 +149,14 @@ def cached_thumbnails(
     key = content_key("thumbnails", digests, names)
 
     def compute() -> dict[str, bytes | str]:
-        made = make_thumbnails(features_dir, keys)
+        # imported here: stage 1's TFRecord reader imports torch, which stage 2 needs nowhere else
+        from stage1_embed.thumbnails import make_thumbnails
+
+        try:
+            made = make_thumbnails(features_dir, keys)
+        except DataError as err:  # the page then shows this reason in place of each thumbnail
+            logger.warning("no thumbnails in the report: %s", err)
+            return dict.fromkeys(names, f"no thumbnail: {err}")
         return {name: made[k] for name, k in zip(names, keys, strict=True)}
 
     def write(value: dict[str, bytes | str], folder: Path) -> None:

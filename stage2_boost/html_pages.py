@@ -16,6 +16,7 @@ import pandas as pd
 
 from stage1_embed.common import atomic_write_text
 
+from .compare import delta_text
 from .galleries import Card, Galleries
 from .metrics import METRICS
 
@@ -118,11 +119,9 @@ def _group_rows(importance: pd.DataFrame, ablation: dict[str, Any]) -> list[dict
         row = deltas.get(group)
         delta = pauc = ""
         if row is not None:
-            low, high = row["delta_auc_ci95"]
-            delta = f"{row['delta_auc']:+.4f} [{low:+.4f}, {high:+.4f}]"
+            delta = delta_text(row["delta_auc"], row["delta_auc_ci95"])
             if row.get("delta_pauc80") is not None:
-                plow, phigh = row["delta_pauc80_ci95"]
-                pauc = f"{row['delta_pauc80']:+.4f} [{plow:+.4f}, {phigh:+.4f}]"
+                pauc = delta_text(row["delta_pauc80"], row["delta_pauc80_ci95"])
         rows.append({"group": group, "share": shares.get(group, 0.0), "delta_auc": delta,
                      "delta_value": row["delta_auc"] if row else "", "delta_pauc": pauc})  # fmt: skip
     return rows

@@ -20,6 +20,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from stage1_embed.common import atomic_path, atomic_write_text
 
 from .cache import ContentCache, cached_png, content_key
+from .compare import delta_text
 from .data import StageData
 from .features import feature_group_of
 from .galleries import Galleries
@@ -298,13 +299,11 @@ def _ablation_markdown(ablation: dict[str, Any]) -> list[str]:
              "| group left out | OOF AUC without | ΔAUC [95% CI] | ΔpAUC80 [95% CI] |",
              "| --- | --- | --- | --- |"]  # fmt: skip
     for row in rows:
-        low, high = row["delta_auc_ci95"]
         pauc = "not reported"
         if row.get("delta_pauc80") is not None:
-            plow, phigh = row["delta_pauc80_ci95"]
-            pauc = f"{row['delta_pauc80']:+.4f} [{plow:+.4f}, {phigh:+.4f}]"
+            pauc = delta_text(row["delta_pauc80"], row["delta_pauc80_ci95"])
         lines.append(f"| {row['group']} | {row['oof_auc_without']:.4f} | "
-                     f"{row['delta_auc']:+.4f} [{low:+.4f}, {high:+.4f}] | {pauc} |")  # fmt: skip
+                     f"{delta_text(row['delta_auc'], row['delta_auc_ci95'])} | {pauc} |")  # fmt: skip
     return lines
 
 

@@ -121,3 +121,30 @@ def features(tmp_path: Path) -> Path:
 
     manifest = synthetic_manifest()
     return write_stage1(tmp_path / "features", manifest, {"bb": make_embeddings(manifest)})
+
+
+@pytest.fixture(scope="session")
+def demo_model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The smoke demo (30 patients, three formats), Lite0 embeddings of its JPEGs, and a quick
+    training run with its report: ``demo``, ``features``, ``model``, ``report`` (report.html)."""
+    import subprocess
+    import sys
+
+    from stage1_embed.config import Stage1Config
+    from stage1_embed.pipeline import run_stage1
+    from stage2_boost.config import Stage2Config
+    from stage2_boost.train import run_training
+    from tests.stage2.helpers import FAST
+
+    root = tmp_path_factory.mktemp("demo-model")
+    demo = root / "demo"
+    subprocess.run([sys.executable, "-m", "stage1_embed.demo", "--out", str(demo), "--patients",
+                    "30"], check=True, cwd=REPO, capture_output=True)  # fmt: skip
+    spec = f"local-dir:{require(WEIGHTS / 'tf_efficientnet_lite0')}"
+    features = root / "features"
+    run_stage1(Stage1Config(data_dir=demo, out_dir=features, backbones=(spec,), image_format="jpeg",
+                            num_workers=0, progress=False))  # fmt: skip
+    config = Stage2Config(features_dir=features, n_components=4, **FAST | {"report": True})
+    run_training(config)
+    return {"root": root, "demo": demo, "features": features, "model": config.stage2_dir / "model",
+            "report": config.stage2_dir / "report" / "report.html"}  # fmt: skip

@@ -11,7 +11,6 @@ import io
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,34 +22,20 @@ from PIL import Image
 from stage1_embed.config import Stage1Config
 from stage1_embed.pipeline import run_stage1
 from stage1_embed.thumbnails import make_thumbnails
-from stage2_boost.config import Stage2Config
 from stage2_boost.galleries import GALLERY_SIZE
 from stage2_boost.model.predict import run_predict
-from stage2_boost.train import run_training
 from tests.conftest import REPO, WEIGHTS, require
-from tests.stage2.helpers import FAST
 
 pytestmark = pytest.mark.slow
 SCREENSHOTS = Path(os.environ.get("MELANOMA_SCREENSHOTS", REPO / "build" / "screenshots"))
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The smoke demo in three formats; Lite0 embeddings from its JPEGs; a run with its report;
-    the test images scored with --explain."""
-    root = tmp_path_factory.mktemp("pages")
-    demo = root / "demo"
-    subprocess.run([sys.executable, "-m", "stage1_embed.demo", "--out", str(demo), "--patients",
-                    "30"], check=True, cwd=REPO, capture_output=True)  # fmt: skip
-    spec = f"local-dir:{require(WEIGHTS / 'tf_efficientnet_lite0')}"
-    features = root / "features"
-    run_stage1(Stage1Config(data_dir=demo, out_dir=features, backbones=(spec,), image_format="jpeg",
-                            num_workers=0, progress=False))  # fmt: skip
-    config = Stage2Config(features_dir=features, n_components=4, **FAST | {"report": True})
-    run_training(config)
-    run_predict(config.stage2_dir / "model", features, root / "scored", explain=True)
-    return {"demo": demo, "features": features, "report": config.stage2_dir / "report" / "report.html",
-            "predictions": root / "scored" / "predictions.html", "root": root}  # fmt: skip
+def demo_run(demo_model: dict[str, Path]) -> dict[str, Path]:
+    """The demo run of conftest, its test images scored with --explain."""
+    scored = demo_model["root"] / "scored"
+    run_predict(demo_model["model"], demo_model["features"], scored, explain=True)
+    return demo_model | {"predictions": scored / "predictions.html"}
 
 
 def browser() -> tuple[Any, str]:
@@ -154,3 +139,23 @@ def test_thumbnails_of_one_image_look_alike_in_every_format(demo_run: dict[str, 
     for image_format in ("dicom", "tfrecord"):
         assert thumbs[image_format].shape == thumbs["jpeg"].shape
         assert np.abs(thumbs[image_format] - thumbs["jpeg"]).mean() < 2.0, image_format
+
+
+def test_a_rerun_reuses_the_thumbnails_it_made(
+    demo_run: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stage2_boost import galleries
+    from stage2_boost.cache import ContentCache
+    from stage2_boost.data import load_stage_data
+
+    data = load_stage_data(demo_run["features"], None)
+    names = list(data.frame["image_name"][:5])
+    cache = ContentCache(tmp_path / "cache")
+    calls = []
+    import stage1_embed.thumbnails as thumbnails
+
+    real = thumbnails.make_thumbnails
+    monkeypatch.setattr(thumbnails, "make_thumbnails", lambda *a: calls.append(a) or real(*a))
+    first = galleries.cached_thumbnails(cache, demo_run["features"], data, names)
+    again = galleries.cached_thumbnails(cache, demo_run["features"], data, names)
+    assert len(calls) == 1 and first == again and all(isinstance(v, bytes) for v in again.values())

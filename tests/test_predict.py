@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,32 +16,18 @@ from stage1_embed.common import seal
 from stage1_embed.config import Stage1Config
 from stage1_embed.errors import ConfigError, WeightsError
 from stage1_embed.pipeline import run_stage1
-from stage2_boost.config import Stage2Config
 from stage2_boost.errors import ModelError
 from stage2_boost.model.load import load_model
 from stage2_boost.model.predict import run_predict
-from stage2_boost.train import run_training
-from tests.conftest import REPO, WEIGHTS, require
-from tests.stage2.helpers import FAST
+from tests.conftest import REPO, WEIGHTS
 
 pytestmark = pytest.mark.slow
 FORMAT_FILES = {"jpeg": "jpeg/test", "dicom": "test", "tfrecord": "tfrecords"}
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """The smoke demo (30 patients, three formats), Lite0 embeddings, a quick training run."""
-    root = tmp_path_factory.mktemp("predict")
-    demo = root / "demo"
-    subprocess.run([sys.executable, "-m", "stage1_embed.demo", "--out", str(demo), "--patients",
-                    "30"], check=True, cwd=REPO, capture_output=True)  # fmt: skip
-    spec = f"local-dir:{require(WEIGHTS / 'tf_efficientnet_lite0')}"
-    features = root / "features"
-    run_stage1(Stage1Config(data_dir=demo, out_dir=features, backbones=(spec,), image_format="jpeg",
-                            num_workers=0, progress=False))  # fmt: skip
-    config = Stage2Config(features_dir=features, n_components=4, **FAST)
-    run_training(config)
-    return demo, config.stage2_dir / "model"
+def trained(demo_model: dict[str, Path]) -> tuple[Path, Path]:
+    return demo_model["demo"], demo_model["model"]
 
 
 def score(model: Path, data: Path, out: Path, *extra: str) -> pd.DataFrame:

@@ -10,17 +10,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.metrics import roc_auc_score
 
 from stage2_boost.cli import main
 from stage2_boost.config import Stage2Config
 from stage2_boost.errors import OutputError
 from stage2_boost.evidence import read_evidence, run_folder, write_evidence
-from stage2_boost.metrics import patient_draws
 from stage2_boost.model.load import read_manifest
 from stage2_boost.outputs import RUNS_FILE, append_run
 from stage2_boost.train import run_training
-from tests.stage2.helpers import FAST
+from tests.stage2.helpers import FAST, direct_paired_interval
 
 
 def _fake_run(stage2: Path, run_id: str, oof: pd.DataFrame, auc: float) -> None:
@@ -52,14 +50,8 @@ def test_compare_gives_the_paired_interval_of_a_direct_computation(
     assert result["run_a"].endswith("aaaaaa") and result["run_b"].endswith("bbbbbb")
     assert result["n_images"] == len(base)
     target = base["target"].to_numpy()
-    draws, codes = patient_draws(base["patient_id"].to_numpy(), 200, seed=0)
-    deltas = []
-    for replicate in draws:
-        w = replicate[codes]
-        keep = w > 0
-        deltas.append(roc_auc_score(target[keep], score_b[keep], sample_weight=w[keep])
-                      - roc_auc_score(target[keep], score_a[keep], sample_weight=w[keep]))  # fmt: skip
-    assert np.allclose(result["delta_auc_ci95"], np.percentile(deltas, [2.5, 97.5]), atol=1e-6)
+    want = direct_paired_interval(target, score_a, score_b, base["patient_id"].to_numpy(), 200, 0)
+    assert np.allclose(result["delta_auc_ci95"], want, atol=1e-6)
     assert result["delta_auc_ci95"][0] > 0 and result["p_delong"] < 0.05
     for key in (
         "delta_pauc80",

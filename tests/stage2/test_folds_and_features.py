@@ -59,6 +59,8 @@ def test_single_class_and_too_few_positives_are_refused(data) -> None:
     few.iloc[:3, few.columns.get_loc("target")] = 1
     with pytest.raises(DataError, match="3 malignant image\\(s\\), fewer than the 5 folds"):
         make_folds(few, 5, 0)
+    with pytest.raises(DataError, match="no training images, only test images"):
+        make_folds(train.iloc[:0], 5, 0)  # e.g. a folder that scoring wrote
 
 
 def test_warns_when_a_fold_has_few_positives(data, caplog: pytest.LogCaptureFixture) -> None:

@@ -14,9 +14,9 @@ from stage2_boost.metrics import (
     delong_paired_p,
     metric_summary,
     paired_differences,
-    patient_draws,
     point_metrics,
 )
+from tests.stage2.helpers import direct_paired_interval
 
 
 def isic2024_pauc(target: np.ndarray, score: np.ndarray, min_tpr: float = 0.80) -> float:
@@ -124,14 +124,7 @@ def test_paired_interval_equals_a_direct_per_replicate_computation() -> None:
     score_a = rng.normal(size=1500) + 1.0 * target
     score_b = score_a + 0.6 * target + rng.normal(0, 0.3, 1500)  # B is better by a known margin
     result = paired_differences(target, score_a, score_b, patients, 200, seed=9)
-    draws, codes = patient_draws(patients, 200, seed=9)
-    deltas = []
-    for replicate in draws:
-        weight = replicate[codes]
-        keep = weight > 0
-        deltas.append(roc_auc_score(target[keep], score_b[keep], sample_weight=weight[keep])
-                      - roc_auc_score(target[keep], score_a[keep], sample_weight=weight[keep]))  # fmt: skip
-    low, high = np.percentile(deltas, [2.5, 97.5])
+    low, high = direct_paired_interval(target, score_a, score_b, patients, 200, seed=9)
     assert np.allclose(result["delta_auc_ci95"], [low, high], rtol=0, atol=1e-12)
     want = roc_auc_score(target, score_b) - roc_auc_score(target, score_a)
     assert abs(result["delta_auc"] - want) < 1e-12
