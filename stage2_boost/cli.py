@@ -226,10 +226,10 @@ def format_run_summary(metrics: dict, out: Path) -> str:
 
 def clinical_lines(metrics: dict) -> list[str]:
     """The blend's ISIC 2024 metrics with their intervals; the unsupported ones say why."""
-    from .metrics import METRICS
+    from .metrics import METRICS, SHORT
 
     parts, missing = [], []
-    for name, (label, _) in METRICS.items():
+    for name in METRICS:
         if name == "auc":
             continue
         value = metrics.get(f"oof_{name}")
@@ -237,8 +237,8 @@ def clinical_lines(metrics: dict) -> list[str]:
             missing.append(name)
             continue
         low, high = metrics[f"oof_{name}_ci95"]
-        parts.append(f"{label} {value:.3f} [{low:.3f}, {high:.3f}]")
-    lines = ["  blend " + "; ".join(parts[i : i + 2]) for i in range(0, len(parts), 2)]
+        parts.append(f"{SHORT[name]} {value:.3f} [{low:.3f}, {high:.3f}]")
+    lines = ["  blend " + "; ".join(parts[i : i + 3]) for i in range(0, len(parts), 3)]
     reasons = metrics.get("not_reported") or {}
     lines += [f"  not reported: {name} ({reasons.get(name)})" for name in missing]
     return lines

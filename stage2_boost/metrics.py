@@ -20,7 +20,10 @@ from sklearn.metrics import roc_auc_score
 _CHUNK_CELLS = 4_000_000  # replicates x rows held in memory at once (32 MB of float64)
 _EPS = 1e-9
 
-# name -> (what it is, whether lower is better)
+# name -> (what it is, whether lower is better); SHORT: the terminal summary's names
+SHORT = {"auc": "AUC", "pauc80": "pAUC80", "sens_at_spec90": "sens@spec90",
+         "sens_at_spec95": "sens@spec95", "spec_at_sens95": "spec@sens95",
+         "review_at_sens80": "reviews/melanoma@sens80", "review_at_sens90": "@sens90"}  # fmt: skip
 METRICS: dict[str, tuple[str, bool]] = {
     "auc": ("ROC AUC", False),
     "pauc80": ("pAUC above 80% sensitivity (ISIC 2024, range 0-0.2)", False),
