@@ -4,7 +4,7 @@ Layout (``OUT/stage2/runs/<run_id>/``):
 
     model/             the run's saved model (OUT/stage2/model is a copy of the newest run's)
     oof.parquet        out-of-fold predictions per model and of the blend, with image, patient,
-                       evaluation fold and label (about 1 MB at the full 33,126 images)
+                       evaluation fold and label (0.5-0.8 MB at the full 33,126 images)
     test_pred.parquet  the test predictions, when the data have a test split
     metrics.json       the run's metrics; written last, so its presence marks a complete folder
 """
