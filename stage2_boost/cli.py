@@ -125,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("run_b", nargs="?", help="the run to judge (default: the newest)")
             s.add_argument("--baseline", choices=["best"], help="compare with the best other run")
             s.add_argument("--model", default="blend", help="blend (default) or a model: lgbm, xgb")
-            s.add_argument("--bootstrap", type=int, default=1000, help="patient resamples")
+            s.add_argument("--bootstrap", type=int,
+                           help="patient resamples (default: run B's, normally 1000)")  # fmt: skip
             s.add_argument("--json", action="store_true", help="print one JSON object")
     pr = sub.add_parser("predict", help="score embedded images with a saved model")
     pr.add_argument("--model", type=Path, required=True, help="model folder (OUT/stage2/model)")

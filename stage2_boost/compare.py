@@ -108,9 +108,11 @@ def format_comparison(result: dict[str, Any]) -> str:
 
 def compare_command(
     out: Path, run_a: str | None, run_b: str | None, baseline: str | None, model: str,
-    n_boot: int, as_json: bool,
+    n_boot: int | None, as_json: bool,
 ) -> int:  # fmt: skip
-    """Resolve the runs (default: the two newest that kept evidence), compare, print."""
+    """Resolve the runs (default: the two newest that kept evidence), compare, print. The
+    bootstrap uses run B's seed and resample count (unless ``n_boot`` is given), so the numbers
+    equal those B's training summary printed against the same run."""
     b_id = resolve_run(out, run_b or "latest")
     if run_a is None and baseline is None:
         earlier = [r for r in runs_with_evidence(out) if r != b_id]
@@ -120,7 +122,10 @@ def compare_command(
         a_id = earlier[-1]
     else:
         a_id = resolve_run(out, run_a or baseline or "best", exclude=b_id)
-    result = compare_evidence(read_evidence(out, a_id), read_evidence(out, b_id), model, n_boot)
+    a, b = read_evidence(out, a_id), read_evidence(out, b_id)
+    config = b.metrics.get("config") or {}
+    result = compare_evidence(a, b, model, n_boot or int(config.get("n_bootstrap") or 1000),
+                              int(config.get("seed", 42)))  # fmt: skip
     if as_json:
         print(json.dumps(json_ready(result), indent=2))
     else:

@@ -50,7 +50,7 @@ def test_compare_gives_the_paired_interval_of_a_direct_computation(
     assert result["run_a"].endswith("aaaaaa") and result["run_b"].endswith("bbbbbb")
     assert result["n_images"] == len(base)
     target = base["target"].to_numpy()
-    want = direct_paired_interval(target, score_a, score_b, base["patient_id"].to_numpy(), 200, 0)
+    want = direct_paired_interval(target, score_a, score_b, base["patient_id"].to_numpy(), 200, 42)
     assert np.allclose(result["delta_auc_ci95"], want, atol=1e-6)
     assert result["delta_auc_ci95"][0] > 0 and result["p_delong"] < 0.05
     for key in (
@@ -120,6 +120,9 @@ def test_every_run_keeps_its_model_and_evidence_and_is_compared_with_earlier_one
     assert f"{versus['previous']['delta_auc']:+.4f}" in table and "yes" in table
     assert main(["compare", "--out", str(stage2), "--baseline", "best"]) == 0
     assert second.run_id in capsys.readouterr().out
+    assert main(["compare", "--out", str(stage2), "--json"]) == 0  # what the run itself printed
+    result = json.loads(capsys.readouterr().out)
+    assert np.allclose(result["delta_auc_ci95"], versus["previous"]["delta_auc_ci95"], atol=1e-6)
 
 
 def test_ablate_reports_what_each_group_is_worth(
