@@ -45,7 +45,6 @@ class Card:
     note: str = ""  # e.g. the ugly-duckling score, or why there is no probability
     thumbnail: bytes | None = None
     error: str = ""
-    measure: str = "p ="  # what ``probability`` is: the calibrated probability, or the OOF score
     of: int | None = None  # images ranked
 
 
@@ -86,10 +85,10 @@ def report_galleries(
         note = ""
         if in_strip and data.embeddings:
             note = f"unlike the others: z {row.duckling:+.2f}" if np.isfinite(row.duckling) else ""
-        return Card(name, str(row.patient_id), float(row.blend), int(row.rank), bool(row.target),
-                    reasons.get(name, ""), note, thumb if isinstance(thumb, bytes) else None,
-                    thumb if isinstance(thumb, str) else "", measure="OOF score",
-                    of=len(ranked))  # fmt: skip
+        return Card(name, str(row.patient_id), float(row.probability), int(row.rank),
+                    bool(row.target), reasons.get(name, ""), note,
+                    thumb if isinstance(thumb, bytes) else None,
+                    thumb if isinstance(thumb, str) else "", of=len(ranked))  # fmt: skip
 
     return Galleries(
         [card(r) for r in malignant.itertuples()], [card(r) for r in benign.itertuples()],
