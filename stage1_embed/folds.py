@@ -56,8 +56,7 @@ def check_trainable(train: pd.DataFrame, n_folds: int) -> None:
     if n_pos < n_folds:
         raise DataError(
             f"The training set has {n_pos} malignant image(s), fewer than the {n_folds} folds: "
-            "some folds would have none. Use fewer folds (python -m stage2_boost train --folds N, and the "
-            "same --folds for python -m stage1_embed.experts) or more data."
+            "some folds would have none. Use fewer folds (--folds) or more data."
         )
     n_patients = train["patient_id"].nunique()
     if n_patients < n_folds:

@@ -57,6 +57,8 @@ def front_ends(path: Path) -> set[str]:
         # checks of the values given to a command's own flags
         return {"stage2" if parts[0] == "stage2_boost" else "experts" if "experts" in parts
                 else "stage1"}  # fmt: skip
+    if parts[-1] == "folds.py":  # the contract's folds: checked by stage 2 and the expert stage
+        return {"stage2", "experts"}
     if parts[0] == "stage2_boost":
         return {"stage2", "run_all"}
     if parts[:2] == ("stage1_embed", "experts"):
