@@ -227,7 +227,7 @@ def format_run_summary(metrics: dict, out: Path) -> str:
 
 def clinical_lines(metrics: dict) -> list[str]:
     """The blend's ISIC 2024 metrics with their intervals; the unsupported ones say why."""
-    from .metrics import METRICS, SHORT
+    from .metrics import METRICS, SHORT, interval_text
 
     parts, missing = [], []
     for name in METRICS:
@@ -237,8 +237,7 @@ def clinical_lines(metrics: dict) -> list[str]:
         if value is None:
             missing.append(name)
             continue
-        low, high = metrics[f"oof_{name}_ci95"]
-        parts.append(f"{SHORT[name]} {value:.3f} [{low:.3f}, {high:.3f}]")
+        parts.append(f"{SHORT[name]} {interval_text(value, metrics[f'oof_{name}_ci95'])}")
     lines = ["  blend " + "; ".join(parts[i : i + 3]) for i in range(0, len(parts), 3)]
     reasons = metrics.get("not_reported") or {}
     lines += [f"  not reported: {name} ({reasons.get(name)})" for name in missing]

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .errors import OutputError
-from .evidence import Evidence, read_evidence, resolve_run, runs_with_evidence
+from .evidence import Evidence, has_evidence, read_evidence, resolve_run, runs_with_evidence
 from .metrics import METRICS, delong_paired_p, paired_differences
 from .outputs import RUNS_FILE, json_ready, read_runs
 
@@ -155,29 +155,26 @@ def ablation_table(
 
 def versus_earlier(stage2: Path, run: Evidence, n_boot: int, seed: int) -> dict[str, Any]:
     """This run's blend against the previous and the best earlier run (by OOF AUC) that scored
-    exactly the same images with the same labels: ``{"previous": ..., "best": ...}``, each with
-    the paired ΔAUC and ΔpAUC80 and a verdict; empty when no earlier run fits."""
+    exactly the same images with the same labels (the run log's ``images`` digest):
+    ``{"previous": ..., "best": ...}``, each with the paired ΔAUC and ΔpAUC80 and a verdict;
+    empty when no earlier run fits. Only those runs' predictions are read."""
     log = read_runs(Path(stage2) / RUNS_FILE)
-    candidates = log.loc[log["n_train"] == len(run.oof), "run_id"].astype(str)
-    mine = run.oof.sort_values("image_name")
-    kept = set(runs_with_evidence(stage2))
-    earlier = []
-    for run_id in candidates:
-        if run_id not in kept or run_id == run.run_id:
-            continue
-        other = read_evidence(stage2, run_id)
-        theirs = other.oof.sort_values("image_name")
-        if (theirs["image_name"].to_numpy() == mine["image_name"].to_numpy()).all() and (
-            theirs["target"].to_numpy() == mine["target"].to_numpy()
-        ).all():
-            earlier.append(other)
-    if not earlier:
+    if "images" not in log.columns:  # a log from before runs kept evidence
         return {}
-    best = max(earlier, key=lambda e: e.metrics["oof_auc"])
-    versus = {}
-    for role, other in (("previous", earlier[-1]), ("best", best)):
-        result = compare_evidence(other, run, "blend", n_boot, seed)
-        versus[role] = {"run": other.run_id, "oof_auc": other.metrics["oof_auc"]} | {
+    same = log[(log["images"] == run.metrics["images"]) & (log["run_id"].astype(str) != run.run_id)]
+    same = same[[has_evidence(stage2, str(r)) for r in same["run_id"]]]
+    if same.empty:
+        return {}
+    chosen = {"previous": str(same["run_id"].iloc[-1]),
+              "best": str(same.loc[same["oof_auc"].idxmax(), "run_id"])}  # fmt: skip
+    versus, done = {}, {}
+    for role, run_id in chosen.items():
+        if run_id not in done:  # the previous run is often the best one too
+            done[run_id] = compare_evidence(
+                read_evidence(stage2, run_id), run, "blend", n_boot, seed
+            )
+        result = done[run_id]
+        versus[role] = {"run": run_id, "oof_auc": result["a_auc"]} | {
             k: result.get(k) for k in ("delta_auc", "delta_auc_ci95", "delta_pauc80",
                                        "delta_pauc80_ci95", "verdict")
         }  # fmt: skip

@@ -18,6 +18,8 @@ from typing import Any
 
 import pandas as pd
 
+from stage1_embed.common import json_digest
+
 from .errors import OutputError
 from .outputs import RUNS_FILE, read_runs, write_metrics, write_parquet
 
@@ -35,6 +37,13 @@ class Evidence:
     @property
     def models(self) -> list[str]:
         return [*self.metrics["models"], "blend"]
+
+
+def images_digest(oof: pd.DataFrame) -> str:
+    """A run's scored images and their labels, as 16 hex digits: runs with the same digest can
+    be paired image by image (the run log keeps it, so finding them reads no predictions)."""
+    pairs = sorted(zip(oof["image_name"].astype(str), oof["target"].astype(int), strict=True))
+    return json_digest(pairs)[:16]
 
 
 def run_folder(stage2: Path, run_id: str) -> Path:

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from stage1_embed.errors import DataError
+from stage1_embed.thumbnails import make_thumbnails
 
 from .boosters import create_booster
 from .cache import ContentCache, content_key
@@ -148,9 +149,6 @@ def cached_thumbnails(
     key = content_key("thumbnails", digests, names)
 
     def compute() -> dict[str, bytes | str]:
-        # imported here: stage 1's TFRecord reader imports torch, which stage 2 needs nowhere else
-        from stage1_embed.thumbnails import make_thumbnails
-
         try:
             made = make_thumbnails(features_dir, keys)
         except DataError as err:  # the page then shows this reason in place of each thumbnail

@@ -17,8 +17,9 @@ import pandas as pd
 from stage1_embed.common import atomic_write_text
 
 from .compare import delta_text
+from .features import feature_group_of
 from .galleries import Card, Galleries
-from .metrics import METRICS
+from .metrics import metric_table
 
 MAX_PREDICTION_CARDS = 300  # thumbnails on predictions.html at most (about 5 KB each)
 PLOTS = (("ROC curves", "roc.png"), ("AUC per fold", "fold_auc.png"),
@@ -42,10 +43,7 @@ def write_report_html(folder: Path, metrics: dict[str, Any], importance: pd.Data
                       galleries: Galleries) -> Path:  # fmt: skip
     """``folder/report.html`` from the run's metrics, the PNGs already in ``folder`` and the
     galleries."""
-    columns = ["blend", *metrics["models"]]
-    entries = [metrics, *metrics["models"].values()]
-    rows = [(label, [_with_interval(e, f"oof_{name}") for e in entries])
-            for name, (label, _) in METRICS.items()]  # fmt: skip
+    columns, rows = metric_table(metrics)
     versus = [
         f"Against the {role} run on these images ({v['run']}): {v['verdict']}."
         for role, v in (metrics.get("versus") or {}).items()
@@ -93,18 +91,8 @@ def write_predictions_html(
     return path
 
 
-def _with_interval(entry: dict[str, Any], key: str) -> str:
-    value = entry.get(key)
-    if value is None:
-        return "not reported"
-    low, high = entry[f"{key}_ci95"]
-    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
-
-
 def _group_rows(importance: pd.DataFrame, ablation: dict[str, Any]) -> list[dict[str, Any]]:
     """Per feature group: its share of the boosters' gain, and what leaving it out cost."""
-    from .features import feature_group_of
-
     shares: dict[str, float] = {}
     if not importance.empty:
         share = importance["gain"] / importance.groupby("model")["gain"].transform("sum")

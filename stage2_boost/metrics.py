@@ -11,6 +11,7 @@ interval to read; :func:`delong_paired_p` is printed beside it, labelled as such
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -219,3 +220,23 @@ def delong_paired_p(target: np.ndarray, score_a: np.ndarray, score_b: np.ndarray
     if variance <= 0:
         return 1.0 if delta == 0 else 0.0
     return float(2 * norm.sf(abs(delta) / np.sqrt(variance)))
+
+
+def interval_text(value: float, ci95: Sequence[float]) -> str:
+    """``0.797 [0.730, 0.856]``: a metric with its interval, as the summary and reports show it."""
+    return f"{value:.3f} [{ci95[0]:.3f}, {ci95[1]:.3f}]"
+
+
+def metric_table(metrics: dict[str, Any]) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """A run's metrics as a table: the columns (blend, then each model) and per metric its label
+    and cells (``not reported`` where the data could not support it)."""
+    entries = {"blend": metrics, **metrics["models"]}
+    rows = []
+    for name, (label, _) in METRICS.items():
+        cells = [
+            "not reported" if e.get(f"oof_{name}") is None
+            else interval_text(e[f"oof_{name}"], e[f"oof_{name}_ci95"])
+            for e in entries.values()
+        ]  # fmt: skip
+        rows.append((label, cells))
+    return list(entries), rows

@@ -17,7 +17,7 @@ from .errors import OutputError
 RUNS_FILE = "runs.csv"
 RUN_COLUMNS = ("time", "run_id", "feature_groups", "backbones", "trials", "oof_auc", "ci_low",
                "ci_high", "tuning_auc", "n_train", "n_pos", "n_extra", "seconds", "pauc80",
-               "vs_previous", "vs_best")  # fmt: skip
+               "vs_previous", "vs_best", "images")  # fmt: skip
 
 
 def write_parquet(frame: pd.DataFrame, path: Path) -> None:

@@ -25,6 +25,7 @@ from .data import StageData
 from .features import feature_group_of
 from .galleries import Galleries
 from .html_pages import write_report_html
+from .metrics import metric_table
 from .model.calibration import reliability_table
 
 GROUP_COLOURS = {"metadata": "#1f77b4", "patient": "#ff7f0e", "embedding": "#2ca02c",
@@ -266,24 +267,13 @@ def _markdown(metrics: dict[str, Any], subgroups: pd.DataFrame) -> str:
 
 def _clinical_markdown(metrics: dict[str, Any]) -> list[str]:
     """Every metric for the blend and each model, with patient-bootstrap intervals."""
-    from .metrics import METRICS
-
-    entries = {"blend": metrics, **metrics["models"]}
+    columns, rows = metric_table(metrics)
     lines = ["", "## Clinical operating points (ISIC 2024 metrics)", "",
              "pAUC80 is the area of the ROC curve above 80% sensitivity, exactly as the ISIC 2024 "
              "challenge scores it (0 to 0.2). Lesions reviewed per melanoma found = all images "
              "flagged / melanomas among them at that sensitivity (lower is better).", "",
-             "| metric | " + " | ".join(entries) + " |", "| --- |" + " --- |" * len(entries)]  # fmt: skip
-    for name, (label, _) in METRICS.items():
-        cells = []
-        for entry in entries.values():
-            value = entry.get(f"oof_{name}")
-            if value is None:
-                cells.append("not reported")
-                continue
-            low, high = entry[f"oof_{name}_ci95"]
-            cells.append(f"{value:.3f} [{low:.3f}, {high:.3f}]")
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+             "| metric | " + " | ".join(columns) + " |", "| --- |" + " --- |" * len(columns)]  # fmt: skip
+    lines += [f"| {label} | " + " | ".join(cells) + " |" for label, cells in rows]
     lines += [
         f"- {name} not reported: {why}."
         for name, why in (metrics.get("not_reported") or {}).items()

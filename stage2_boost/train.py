@@ -25,7 +25,7 @@ from .config import DEFAULT_GROUPS, IMAGE_GROUPS, Stage2Config
 from .cv import CVResult, FoldMatrices, cross_validate, oof_folds, oof_rows, prepare_folds
 from .data import StageData, load_stage_data
 from .errors import ConfigError, ContractError, OutputError
-from .evidence import Evidence, run_folder, write_evidence
+from .evidence import Evidence, images_digest, run_folder, write_evidence
 from .features import create_feature_groups
 from .metrics import auc, metric_summary
 from .model.calibration import (
@@ -34,7 +34,7 @@ from .model.calibration import (
     cross_fitted,
     expected_calibration_error,
 )
-from .model.save import MODEL_DIR, ModelContent, save_model
+from .model.save import MODEL_DIR, ModelContent, copy_model, save_model
 from .outputs import RUNS_FILE, append_run, write_metrics, write_parquet, write_submission
 from .tune import (
     best_choice,
@@ -296,11 +296,12 @@ def _save_models(
         experts={slug: (p, sorted((Path(config.features_dir) / "experts" / slug).glob("fold*.safetensors")))
                  for slug, p in data.expert_provenance.items()},
     )  # fmt: skip
-    # the newest run's model is OUT/model; every run's stays under OUT/runs/<run_id>/model
-    folders = [out / MODEL_DIR, run_folder(out, metrics["run_id"]) / MODEL_DIR,
-               *([config.save_model] if config.save_model else [])]  # fmt: skip
+    # every run's model stays under OUT/runs/<run_id>/model; OUT/model is the newest run's
+    kept = save_model(run_folder(out, metrics["run_id"]) / MODEL_DIR, content)
+    folders = [out / MODEL_DIR, kept, *([config.save_model] if config.save_model else [])]
     for folder in folders:
-        save_model(folder, content)
+        if folder != kept:
+            copy_model(kept, folder)
     logger.info("model saved to %s", ", ".join(map(str, folders)))
     return {"folders": [str(f) for f in folders], "run_id": metrics["run_id"]}
 
@@ -509,6 +510,7 @@ def _write_outputs(
         test_logit = blend_logit(*tests.values())
         test_pred = pd.DataFrame({"image_name": frame["image_name"].to_numpy()[test_rows], **tests,
                                   "blend": expit(test_logit), "probability": blended.platt(test_logit)})  # fmt: skip
+    metrics["images"] = images_digest(oof)
     metrics["versus"] = versus_earlier(out, Evidence(metrics["run_id"], oof, metrics),
                                        config.n_bootstrap, config.seed)  # fmt: skip
     write_evidence(out, metrics["run_id"], oof, test_pred, metrics)
@@ -541,4 +543,4 @@ def _run_row(metrics: dict[str, Any]) -> dict[str, Any]:
             "n_train": metrics["n_train"], "n_pos": metrics["n_pos"],
             "n_extra": metrics["extra"]["n_rows"], "seconds": metrics["seconds"],
             "pauc80": metrics["oof_pauc80"], "vs_previous": short_delta(metrics["versus"].get("previous")),
-            "vs_best": short_delta(metrics["versus"].get("best"))}  # fmt: skip
+            "vs_best": short_delta(metrics["versus"].get("best")), "images": metrics["images"]}  # fmt: skip

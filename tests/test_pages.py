@@ -152,10 +152,8 @@ def test_a_rerun_reuses_the_thumbnails_it_made(
     names = list(data.frame["image_name"][:5])
     cache = ContentCache(tmp_path / "cache")
     calls = []
-    import stage1_embed.thumbnails as thumbnails
-
-    real = thumbnails.make_thumbnails
-    monkeypatch.setattr(thumbnails, "make_thumbnails", lambda *a: calls.append(a) or real(*a))
+    real = galleries.make_thumbnails
+    monkeypatch.setattr(galleries, "make_thumbnails", lambda *a: calls.append(a) or real(*a))
     first = galleries.cached_thumbnails(cache, demo_run["features"], data, names)
     again = galleries.cached_thumbnails(cache, demo_run["features"], data, names)
     assert len(calls) == 1 and first == again and all(isinstance(v, bytes) for v in again.values())

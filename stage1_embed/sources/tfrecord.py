@@ -2,7 +2,8 @@
 
 The ``tfrecord`` package parses the Example protos; record framing is read here because its reader
 neither checks the CRCs nor exposes byte offsets, and we need both: corrupt shards must be named, and
-DataLoader workers read single records by offset.
+DataLoader workers read single records by offset. The package is imported where it is used: its
+``__init__`` imports torch, which a JPEG or DICOM reader (stage 2's thumbnails) must not pay for.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
-from tfrecord import example_pb2
-from tfrecord.writer import TFRecordWriter
 
 from ..decode import DEFAULT_MAX_PIXELS, DecodedImage, check_pixel_limit, decode_image_bytes
 from ..errors import DataError, ImageReadError
@@ -92,6 +91,8 @@ def shard_paths(root: Path) -> list[Path]:
 
 def iter_records(path: Path) -> Iterator[tuple[int, int, bytes]]:
     """Yield (payload offset, payload length, payload) for each record, checking both CRCs."""
+    from tfrecord.writer import TFRecordWriter
+
     with path.open("rb") as fh:
         index = 0
         while header := fh.read(_HEADER):
@@ -113,6 +114,8 @@ def iter_records(path: Path) -> Iterator[tuple[int, int, bytes]]:
 
 
 def parse_example(payload: bytes, path: Path, offset: int) -> Any:
+    from tfrecord import example_pb2
+
     example = example_pb2.Example()
     try:
         example.ParseFromString(payload)

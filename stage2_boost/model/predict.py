@@ -127,12 +127,18 @@ def _write_page(summary: PredictSummary, features_dir: Path, split: str) -> None
             thumb = made[(split, c.image_name)]
             c.thumbnail, c.error = (thumb, "") if isinstance(thumb, bytes) else (None, thumb)
 
-    labelled = ""
-    if summary.metrics is not None:
-        m = summary.metrics
-        labelled = (f"Labelled: {m['n']} images ({m['n_pos']} malignant), AUC {m['auc']:.4f} "
-                    f"[{m['auc_ci95'][0]:.4f}, {m['auc_ci95'][1]:.4f}] (patient bootstrap).")  # fmt: skip
+    labelled = _labelled_text(summary.metrics) if summary.metrics is not None else ""
     write_predictions_html(summary.out_dir, summary, cards, add_thumbnails, labelled)
+
+
+def _labelled_text(m: dict) -> str:
+    """``labelled: 200 images (27 malignant): auc 0.812 [...]; pauc80 0.061 [...] (...)``."""
+    from ..metrics import interval_text
+
+    parts = [f"{name} {interval_text(m[name], m[f'{name}_ci95'])}"
+             for name in ("auc", "pauc80") if m.get(name) is not None]  # fmt: skip
+    return (f"labelled: {m['n']} images ({m['n_pos']} malignant): " + "; ".join(parts)
+            + " (95% CI, patient bootstrap)")  # fmt: skip
 
 
 def _labelled_metrics(scored: pd.DataFrame) -> dict | None:
@@ -161,10 +167,7 @@ def format_predict_summary(summary: PredictSummary) -> str:
                      "features missing) with missing age, sex and site")  # fmt: skip
     if summary.metrics is not None:
         m = summary.metrics
-        parts = [f"{name} {m[name]:.4f} [{m[f'{name}_ci95'][0]:.4f}, {m[f'{name}_ci95'][1]:.4f}]"
-                 for name in ("auc", "pauc80") if m.get(name) is not None]  # fmt: skip
-        lines.append(f"  labelled: {m['n']} images ({m['n_pos']} malignant): " + "; ".join(parts)
-                     + " (95% CI, patient bootstrap); predictions.csv has their target")  # fmt: skip
+        lines.append(f"  {_labelled_text(m)}; predictions.csv has their target")
         lines += [f"  {name} not reported: {why}" for name, why in m["not_reported"].items()
                   if name in ("auc", "pauc80")]  # fmt: skip
     lines += [f"  not scored: {note}" for note in summary.skipped]

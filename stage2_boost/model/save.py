@@ -79,6 +79,14 @@ def save_model(target: Path, content: ModelContent) -> Path:
     return target
 
 
+def copy_model(source: Path, target: Path) -> Path:
+    """A saved model folder copied to ``target`` (replacing an older one), atomically: the same
+    files, so the same digests, without serialising the boosters again."""
+    with atomic_folder(Path(target)) as staging:
+        shutil.copytree(source, staging, dirs_exist_ok=True)
+    return Path(target)
+
+
 def _write_files(folder: Path, content: ModelContent) -> dict[str, Any]:
     (folder / "state").mkdir()
     (folder / "boosters").mkdir()
