@@ -1,8 +1,11 @@
 """AUC, the ISIC 2024 challenge's clinical metrics, and patient-bootstrap intervals for them.
 
-Every metric is read off one ROC curve per bootstrap replicate: the scores are sorted once, and
-each replicate's (patient-multiplicity) weights are summed cumulatively along that order, so 1,000
-replicates of 33,000 images take about a second instead of minutes of ``roc_curve`` calls.
+Every metric is read off one ROC curve per bootstrap replicate: the scores are sorted once into
+tie blocks (a run of blocks without a positive merged into one: the curve is flat there), a
+sparse matrix counts each patient's positive and negative images per block, and one sparse
+product per chunk of replicates gives every replicate's weighted counts per block, summed
+cumulatively into its curve: 1,000 replicates of 33,000 images take about 0.1 s instead of
+minutes of ``roc_curve`` calls.
 
 scikit-learn has neither DeLong's test nor AUC intervals (an open feature request), and DeLong's
 test assumes independent images while ours cluster in patients: the patient bootstrap is the
@@ -15,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from scipy import sparse
 from scipy.stats import norm, rankdata
 from sklearn.metrics import roc_auc_score
 
@@ -72,16 +76,27 @@ def curve_metrics(
     score = np.asarray(score, np.float64)
     groups = np.arange(len(score)) if groups is None else np.asarray(groups)
     order = np.argsort(-score, kind="stable")
-    ordered = score[order]
-    ends = np.flatnonzero(np.r_[ordered[1:] != ordered[:-1], True])  # last row of each tie block
-    positive, row_groups = target[order], groups[order]
+    ordered, positive = score[order], target[order]
+    block = np.r_[0, np.cumsum(ordered[1:] != ordered[:-1])]  # tie block of each sorted row
+    # A run of blocks holding only negatives is one horizontal stretch of every replicate's curve:
+    # merged into one point, which changes no area and no operating point the metrics read.
+    has_positive = np.zeros(int(block[-1]) + 1, bool)
+    has_positive[block[positive]] = True
+    starts = has_positive | np.r_[True, has_positive[:-1]]
+    block = (np.cumsum(starts) - 1)[block]
+    n_blocks, n_groups = int(block[-1]) + 1, int(weights.shape[1])
+    # how many positive / negative rows of each group fall in each tie block (sparse: a row each)
+    counts = [
+        sparse.csr_matrix((np.ones(int(mask.sum())), (block[mask], groups[order][mask])),
+                          shape=(n_blocks, n_groups))
+        for mask in (positive, ~positive)
+    ]  # fmt: skip
     out = {name: np.empty(len(weights)) for name in METRICS}
-    step = max(1, _CHUNK_CELLS // max(1, len(score)))
+    step = max(1, _CHUNK_CELLS // n_blocks)
     for begin in range(0, len(weights), step):
-        w = np.asarray(weights[begin : begin + step][:, row_groups], np.float64)
-        zero = np.zeros((len(w), 1))
-        tp = np.hstack([zero, np.cumsum(w * positive, axis=1)[:, ends]])
-        fp = np.hstack([zero, np.cumsum(w * ~positive, axis=1)[:, ends]])
+        w = np.asarray(weights[begin : begin + step], np.float64).T  # groups x replicates
+        zero = np.zeros((w.shape[1], 1))
+        tp, fp = (np.hstack([zero, np.cumsum((c @ w).T, axis=1)]) for c in counts)
         for name, values in _from_curve(tp, fp).items():
             out[name][begin : begin + step] = values
     return out
