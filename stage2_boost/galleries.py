@@ -63,7 +63,7 @@ def report_galleries(
 ) -> Galleries:  # fmt: skip
     """The report's galleries from the run's out-of-fold predictions (``models``: name and fold
     models of each booster), with thumbnails and TreeSHAP reasons."""
-    duckling, order = _duckling_scores(data, oof)
+    duckling, order = _duckling_scores(data, oof, evaluation)
     ranked = oof.assign(rank=oof["blend"].rank(ascending=False, method="min").astype(int),
                         duckling=duckling)  # fmt: skip
     malignant = ranked[ranked["target"] == 1].nsmallest(GALLERY_SIZE, "blend")
@@ -97,15 +97,22 @@ def report_galleries(
     )  # fmt: skip
 
 
-def _duckling_scores(data: StageData, oof: pd.DataFrame) -> tuple[np.ndarray, str]:
+def _duckling_scores(
+    data: StageData, oof: pd.DataFrame, evaluation: Sequence[FoldMatrices]
+) -> tuple[np.ndarray, str]:
     """Each OOF image's within-patient distance z-score (first backbone), and how strips are
-    ordered; without embeddings, the blend's probability instead."""
+    ordered; without embeddings, the blend's probability instead. A run with the ugly-duckling
+    group has the scores in its evaluation folds already (the OOF rows are in the same order)."""
     if not data.embeddings:
         return oof["blend"].to_numpy(float), "by the blend's probability (no embeddings)"
     slug = sorted(data.embeddings)[0]
-    column = UglyDucklingFeatures(slug).compute(data)[f"{slug}__ud_dist_z"]
-    position = pd.Series(np.arange(len(data.frame)), index=data.frame["image_name"].to_numpy())
-    scores = column.to_numpy(float)[position.loc[oof["image_name"]].to_numpy()]
+    name = f"{slug}__ud_dist_z"
+    if all(name in fold.X_valid for fold in evaluation):
+        scores = np.concatenate([fold.X_valid[name].to_numpy(float) for fold in evaluation])
+    else:
+        column = UglyDucklingFeatures(slug).compute(data)[name]
+        position = pd.Series(np.arange(len(data.frame)), index=data.frame["image_name"].to_numpy())
+        scores = column.to_numpy(float)[position.loc[oof["image_name"]].to_numpy()]
     return (
         scores,
         f"by ugly-duckling score (distance to the patient's other lesions, {slug}), most unlike first",
