@@ -25,6 +25,9 @@ Usage: ./run_all.sh [options]
   --storage URL       Optuna storage (default sqlite:///OUT/stage2/optuna.db); a PostgreSQL/MySQL URL
                       lets several workers share one study
   --weights-dir DIR   folder of local-dir weight folders (also $MELANOMA_WEIGHTS_DIR)
+  --train-csv CSV     the training CSV, when it is not DATA/train.csv; without --data only the
+                      CSVs named here are read (--test-csv for a test split; needs --out)
+  --test-csv CSV      the test CSV, when it is not DATA/test.csv
   --images DIR        where the images are when not in DATA's Kaggle places
   --skip-missing      embed the images present when some named in the CSV are missing (default: error)
   --max-failures N    images that may fail to decode before stage 1 stops (default 0)
@@ -58,7 +61,7 @@ need() { [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value"; }
 from_caller() { case "$1" in /*) echo "$1" ;; *) echo "$CALLER_DIR/$1" ;; esac; }
 
 STAGE1_ARGS=() TRAINING_FLAGS=() SCORING_FLAGS=() EXTRA_ARGS=() DROP_DUPLICATES=0 MODEL="" PREDICT_ARGS=() EXPERTS="" EXPERT_EXTRA=()
-ABLATE=0 DATA="" OUT="" BACKBONES="" TRIALS=20 FEATURES="" TIMEOUT="" STORAGE="" WEIGHTS_DIR="" DEVICE=auto STAGE=all SMOKE=0
+ABLATE=0 DATA="" TRAIN_CSV="" SEEN_TEST_CSV=0 OUT="" BACKBONES="" TRIALS=20 FEATURES="" TIMEOUT="" STORAGE="" WEIGHTS_DIR="" DEVICE=auto STAGE=all SMOKE=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --data) need "$@"; DATA="$(from_caller "$2")"; shift 2 ;;
@@ -70,6 +73,8 @@ while [ $# -gt 0 ]; do
     --ablate) ABLATE=1; TRAINING_FLAGS+=("$1"); shift ;;
     --storage) need "$@"; STORAGE="$2"; TRAINING_FLAGS+=("$1"); shift 2 ;;
     --weights-dir) need "$@"; WEIGHTS_DIR="$(from_caller "$2")"; shift 2 ;;
+    --train-csv) need "$@"; TRAIN_CSV="$(from_caller "$2")"; STAGE1_ARGS+=(--train-csv "$TRAIN_CSV"); shift 2 ;;
+    --test-csv) need "$@"; STAGE1_ARGS+=(--test-csv "$(from_caller "$2")"); SEEN_TEST_CSV=1; shift 2 ;;
     --images) need "$@"; STAGE1_ARGS+=(--images "$(from_caller "$2")"); EXPERT_EXTRA+=(--images "$(from_caller "$2")"); shift 2 ;;
     --skip-missing) STAGE1_ARGS+=(--skip-missing); shift ;;
     --max-failures) need "$@"; STAGE1_ARGS+=(--max-failures "$2"); shift 2 ;;
@@ -107,13 +112,20 @@ if [ "$SMOKE" = 1 ]; then
   EXPERT_EXTRA+=(--folds 3 --epochs 1 --image-size 64)
 fi
 [ -z "$MODEL" ] || [ -n "$DATA" ] || die "--model needs --data (the images to score)"
-if [ -z "$DATA" ]; then  # the generated demo (a smaller one for --smoke)
+if [ -z "$DATA" ] && [ -n "$TRAIN_CSV" ]; then  # only the CSVs named are read: no default dataset
+  [ -n "$OUT" ] || die "--train-csv without --data needs --out (its folder name names the dataset, e.g. --out data/out/isic2020)"
+elif [ "$SEEN_TEST_CSV" = 1 ] && [ -z "$DATA" ]; then
+  die "--test-csv needs --train-csv or --data"
+elif [ -z "$DATA" ]; then  # the generated demo (a smaller one for --smoke)
   if [ "$SMOKE" = 1 ]; then DATA=data/demo-smoke DEMO_ARGS=(--patients 30); else DATA=data/demo DEMO_ARGS=(); fi
   if [ ! -f "$DATA/train.csv" ]; then python -m stage1_embed.demo --out "$DATA" "${DEMO_ARGS[@]}"; fi
 fi
-[ -d "$DATA" ] || die "--data $DATA is not a folder"
+[ -z "$DATA" ] || [ -d "$DATA" ] || die "--data $DATA is not a folder"
+[ -z "$TRAIN_CSV" ] || [ -f "$TRAIN_CSV" ] || die "--train-csv $TRAIN_CSV is not a file"
 # scoring gets its own folder by default: it must never replace a dataset's training features
 OUT="${OUT:-data/out/$(basename "$(cd "$DATA" && pwd)")${MODEL:+-scored}}"
+DATA_ARGS=() EXPERT_DATA="${DATA:-$(dirname "${TRAIN_CSV:-.}")}"
+[ -z "$DATA" ] || DATA_ARGS=(--data "$DATA")
 
 if [ -n "$MODEL" ]; then  # scoring with a saved model: no training
   [ -d "$MODEL" ] || die "--model $MODEL is not a folder"
@@ -128,16 +140,16 @@ if [ -n "$MODEL" ]; then  # scoring with a saved model: no training
   exit 0
 fi
 if [ "$STAGE" != 2 ]; then
-  ARGS=(--data "$DATA" --out "$OUT" --device "$DEVICE")
+  ARGS=("${DATA_ARGS[@]}" --out "$OUT" --device "$DEVICE")
   [ -n "$BACKBONES" ] && ARGS+=(--backbones "$BACKBONES")
   [ -n "$WEIGHTS_DIR" ] && ARGS+=(--weights-dir "$WEIGHTS_DIR")
   [ "$DROP_DUPLICATES" = 1 ] && ARGS+=(--drop-extra-duplicates)
-  echo "== stage 1: embeddings ($DATA -> $OUT)"
+  echo "== stage 1: embeddings (${DATA:-$TRAIN_CSV} -> $OUT)"
   python -m stage1_embed "${ARGS[@]}" "${EXTRA_ARGS[@]}" "${STAGE1_EXTRA[@]}" "${STAGE1_ARGS[@]}"
 fi
 if [ -n "$EXPERTS" ] && [ "$STAGE" != 2 ]; then
   echo "== expert stage: fine-tuning $EXPERTS inside the patient folds"
-  python -m stage1_embed.experts --data "$DATA" --out "$OUT" --experts "$EXPERTS" --device "$DEVICE" \
+  python -m stage1_embed.experts --data "$EXPERT_DATA" --out "$OUT" --experts "$EXPERTS" --device "$DEVICE" \
     ${WEIGHTS_DIR:+--weights-dir "$WEIGHTS_DIR"} "${EXTRA_ARGS[@]}" "${EXPERT_EXTRA[@]}"
 fi
 if [ "$STAGE" != 1 ]; then
@@ -150,4 +162,4 @@ if [ "$STAGE" != 1 ]; then
   echo "== stage 2: tuned LightGBM + XGBoost ($OUT -> $OUT/stage2)"
   python -m stage2_boost "${ARGS[@]}" "${EXTRA_ARGS[@]}" "${STAGE2_EXTRA[@]}"
 fi
-echo "== done in $(( $(date +%s) - START )) s (dataset $(cd "$DATA" && pwd), outputs $(cd "$OUT" && pwd))"
+echo "== done in $(( $(date +%s) - START )) s (dataset $(cd "$EXPERT_DATA" && pwd), outputs $(cd "$OUT" && pwd))"

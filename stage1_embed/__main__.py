@@ -9,7 +9,8 @@ from pathlib import Path
 
 from .backbones import DEFAULT_BACKBONES, HUB_PRESET, SPEC_FORMS
 from .common import run_cli, setup_logging
-from .config import DEFAULT_DATA_DIR, DEFAULT_OUT_DIR, Stage1Config
+from .config import DEFAULT_OUT_DIR, Stage1Config
+from .decode import DEFAULT_MAX_PIXELS
 from .errors import ConfigError
 from .extract import TTA_VIEWS
 from .sources import SOURCES
@@ -23,11 +24,15 @@ def build_parser() -> argparse.ArgumentParser:
         + ",".join(HUB_PRESET),
     )
     p.add_argument(
-        "--data", type=Path, default=DEFAULT_DATA_DIR, help="dataset folder (Kaggle layout)"
+        "--data",
+        type=Path,
+        help="dataset folder (Kaggle layout); without it, only --train-csv/--test-csv/--images",
     )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT_DIR, help="features folder to write")
     p.add_argument("--train-csv", type=Path, help="train CSV (default: DATA/train.csv)")
-    p.add_argument("--test-csv", type=Path, help="test CSV (default: DATA/test.csv if present)")
+    p.add_argument(
+        "--test-csv", type=Path, help="test CSV (default: DATA/test.csv if present; none without --data)"
+    )
     p.add_argument("--images", type=Path, help="image folder, if not inside --data")
     p.add_argument(
         "--format", default="auto", choices=["auto", *SOURCES], help="force the image format"
@@ -93,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-failures", type=int, default=0, help="unreadable images tolerated (default 0)"
     )
     p.add_argument(
-        "--max-pixels", type=int, default=Stage1Config().max_pixels, help="decompression-bomb guard"
+        "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="decompression-bomb guard"
     )
     p.add_argument("--num-shards", type=int, default=1, help="split the work into N shards")
     p.add_argument("--shard-index", type=int, default=0, help="which shard this process runs")
@@ -171,7 +176,9 @@ def config_from_args(args: argparse.Namespace) -> Stage1Config:
         extra_data=tuple(args.extra_data),
         drop_extra_duplicates=args.drop_extra_duplicates,
     )
-    return replace(config, **scoring) if scoring else config
+    config = replace(config, **scoring) if scoring else config
+    _ = config.root  # no data named at all: an error before anything is read or written
+    return config
 
 
 def main(argv: list[str] | None = None) -> int:

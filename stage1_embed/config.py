@@ -10,13 +10,12 @@ from .common import usable_cores
 from .decode import DEFAULT_MAX_PIXELS
 from .errors import ConfigError
 
-DEFAULT_DATA_DIR = Path("data/demo")
 DEFAULT_OUT_DIR = Path("data/out")
 
 
 @dataclass(frozen=True)
 class Stage1Config:
-    data_dir: Path = DEFAULT_DATA_DIR
+    data_dir: Path | None = None  # None: only the CSVs (and --images) named are read
     out_dir: Path = DEFAULT_OUT_DIR
     train_csv: Path | None = None
     test_csv: Path | None = None
@@ -77,8 +76,33 @@ class Stage1Config:
         return self.num_workers if self.num_workers is not None else auto_workers(device)
 
     @property
+    def root(self) -> Path:
+        """The dataset folder: --data, else the named train CSV's folder (where images are looked
+        for when --images is not given). Nothing is read from a folder the user did not name."""
+        if self.data_dir is not None:
+            return Path(self.data_dir)
+        if self.train_csv is not None:
+            return Path(self.train_csv).parent
+        if self.images_dir is not None:
+            return Path(self.images_dir)
+        raise ConfigError(
+            "Name the data: --data DIR (a Kaggle-layout folder), or --train-csv CSV [--test-csv "
+            "CSV] [--images DIR]."
+        )
+
+    @property
+    def dataset_name(self) -> str:
+        """What outputs call the dataset: the --data folder's name; without --data, the --out
+        folder's name when one was given (e.g. data/out/isic2020), else the train CSV's folder."""
+        if self.data_dir is not None:
+            return Path(self.data_dir).resolve().name
+        if Path(self.out_dir) != DEFAULT_OUT_DIR:
+            return Path(self.out_dir).resolve().name
+        return self.root.resolve().name
+
+    @property
     def train_csv_path(self) -> Path:
-        return self.train_csv or self.data_dir / "train.csv"
+        return self.train_csv or self.root / "train.csv"
 
     @property
     def test_csv_path(self) -> Path | None:
@@ -86,6 +110,8 @@ class Stage1Config:
             return None
         if self.test_csv is not None:
             return self.test_csv
+        if self.data_dir is None:  # only a --test-csv the user named is read
+            return None
         default = self.data_dir / "test.csv"
         return default if default.is_file() else None
 

@@ -128,7 +128,7 @@ def check_output_folder(config: Stage1Config, out: Path) -> None:
     except (OSError, json.JSONDecodeError):
         return  # a damaged record: the content fingerprints still decide what is reused
     scoring, scored_before = config.model_dir is not None, before.get("model_dir") is not None
-    data = str(Path(config.data_dir).resolve())
+    data = str(config.root.resolve())
     other_data = before.get("data_dir_resolved") not in (None, data)
     if scoring == scored_before and not other_data:
         return
@@ -137,7 +137,7 @@ def check_output_folder(config: Stage1Config, out: Path) -> None:
     name = Path(data).name + ("-scored" if scoring else "")
     raise OutputError(
         f"{out} holds the {what} of {before.get('data_dir_resolved') or before.get('data_dir')}; "
-        f"{'scoring' if scoring else 'training on'} {config.data_dir} there would replace them. "
+        f"{'scoring' if scoring else 'training on'} {config.root} there would replace them. "
         f"Pass another --out, e.g. --out {out.parent / name}."
     )
 
@@ -146,12 +146,12 @@ def _run_locked(config: Stage1Config, out: Path) -> Stage1Summary:
     specs = [parse_backbone_spec(text) for text in config.backbones]  # bad specs fail first
     expected = {b.slug: b for b in model_backbones(config.model_dir)} if config.model_dir else {}
     check_output_folder(config, out)
-    record = asdict(config) | {"data_dir_resolved": str(Path(config.data_dir).resolve())}
+    record = asdict(config) | {"data_dir_resolved": str(config.root.resolve())}
     resolved = json.dumps(record, indent=2, default=str)  # Paths as text
     atomic_write_text(out / "stage1_config.json", resolved)
     if config.model_dir is not None:
         table, skipped = load_scoring_metadata(
-            config.train_csv_path, config.test_csv_path, config.data_dir, config.images_dir
+            config.train_csv_path, config.test_csv_path, config.root, config.images_dir
         )
     else:
         table, skipped = load_metadata(config.train_csv_path, config.test_csv_path), None
@@ -159,9 +159,7 @@ def _run_locked(config: Stage1Config, out: Path) -> Stage1Summary:
         scan = metadata_only_manifest(table)
         _write_manifest(scan, config, "metadata-only", {}, skipped)
         return Stage1Summary(out, len(table), None)
-    source = create_source(
-        config.data_dir, config.images_dir, config.image_format, config.max_pixels
-    )
+    source = create_source(config.root, config.images_dir, config.image_format, config.max_pixels)
     scan = scan_dataset(table, source, skip_missing=config.skip_missing, out=out)
     _save_cross_check(scan, out)
     fingerprint = input_fingerprint(scan.manifest)
@@ -193,7 +191,7 @@ def _run_locked(config: Stage1Config, out: Path) -> Stage1Summary:
     if config.model_dir is not None and summary.complete:
         from .experts.score import score_model_experts
 
-        score_model_experts(config.model_dir, out, config.data_dir, config.images_dir,
+        score_model_experts(config.model_dir, out, config.root, config.images_dir,
                             config.image_format, settings.device, config.weights_dir, config.progress)  # fmt: skip
     return summary
 
@@ -298,7 +296,7 @@ def _write_manifest(
     has_train = Path(config.train_csv_path).is_file()
     provenance = {
         "input_fingerprint": fingerprint,
-        "dataset": Path(config.data_dir).resolve().name,
+        "dataset": config.dataset_name,
         "train_csv": str(Path(config.train_csv_path).resolve()) if has_train else None,
         "train_csv_sha256": file_sha256(config.train_csv_path) if has_train else None,
         "patients_from_image_names": skipped is not None,

@@ -41,7 +41,7 @@ def make_thumbnails(
     if not formats:
         return {key: "no images (a metadata-only run)" for key in images}
     images_dir = config.get("images_dir")
-    source = create_source(Path(config["data_dir"]), Path(images_dir) if images_dir else None,
+    source = create_source(Path(config.get("data_dir_resolved") or config["data_dir"]), Path(images_dir) if images_dir else None,
                            formats.pop(), int(config.get("max_pixels") or 150_000_000))  # fmt: skip
     wanted: dict[str, set[str]] = {}
     for split, name in images:

@@ -38,9 +38,10 @@ def test_run_all_help() -> None:
             "CSV file not found",
         ),
         (
-            ["-m", "stage1_embed", "--backbones", "nonsense_net", "--out", "{tmp}/o"],
+            ["-m", "stage1_embed", "--data", "{tmp}", "--backbones", "nonsense_net", "--out", "{tmp}/o"],
             "Unknown backbone",
         ),
+        (["-m", "stage1_embed", "--out", "{tmp}/o"], "Name the data: --data DIR"),
         (["-m", "stage2_boost", "train", "--features", "{tmp}/none"], "No stage 1 manifest"),
         (["-m", "stage2_boost", "runs", "--out", "{tmp}/none"], "No run log"),
         (["-m", "stage2_boost", "train", "--groups", "colour"], "Unknown feature group"),
@@ -143,3 +144,22 @@ def test_runs_defaults_to_the_newest_stage2_folder_run_all_wrote(tmp_path: Path)
     assert str(Path("data/out/newer/stage2")) in result.stderr
     empty = run([sys.executable, "-m", "stage2_boost", "runs"], cwd=tmp_path / "data")
     assert empty.returncode == 2 and "pass --out" in empty.stderr
+
+
+def test_stage1_reads_only_the_data_it_is_given(tmp_path: Path, tiny_dataset: Path) -> None:
+    """--train-csv without --data reads that CSV alone: a demo beside the working folder (the old
+    default --data) adds no rows, and the dataset is named after --out, not 'demo'."""
+    demo = tmp_path / "work" / "data" / "demo"
+    demo.mkdir(parents=True)
+    pd.DataFrame({"image_name": ["DEMO_0001"], "patient_id": ["DP"]}).to_csv(demo / "test.csv")
+    pd.read_csv(tiny_dataset / "train.csv").to_csv(demo / "train.csv", index=False)
+    out = tmp_path / "out" / "mine"
+    result = run([sys.executable, "-m", "stage1_embed", "--train-csv", str(tiny_dataset / "train.csv"),
+                  "--images", str(tiny_dataset / "jpeg" / "train"), "--out", str(out),
+                  "--backbones", "none"], cwd=tmp_path / "work")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    from stage1_embed.schema import read_manifest
+
+    manifest, provenance = read_manifest(out)
+    assert set(manifest["split"]) == {"train"} and not manifest["image_name"].str.startswith("DEMO").any()
+    assert provenance["dataset"] == "mine" and provenance["test_csv"] is None
