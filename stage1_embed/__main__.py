@@ -31,7 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT_DIR, help="features folder to write")
     p.add_argument("--train-csv", type=Path, help="train CSV (default: DATA/train.csv)")
     p.add_argument(
-        "--test-csv", type=Path, help="test CSV (default: DATA/test.csv if present; none without --data)"
+        "--test-csv",
+        type=Path,
+        help="test CSV (default: DATA/test.csv if present; none without --data)",
     )
     p.add_argument("--images", type=Path, help="image folder, if not inside --data")
     p.add_argument(

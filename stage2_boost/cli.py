@@ -197,6 +197,8 @@ def format_run_summary(metrics: dict, out: Path) -> str:
             lines.append(f"         parameters: {m['choice']}")
     low, high = metrics["oof_auc_ci95"]
     lines.append(f"  blend  OOF AUC {metrics['oof_auc']:.4f} [{low:.4f}, {high:.4f}]")
+    if metrics.get("chance"):
+        lines.append(f"  CHANCE LEVEL: {metrics['chance']}")
     cal = metrics["calibration"]
     lines.append(f"  calibrated probability: Brier {cal['brier']:.4f} (base rate {cal['brier_base_rate']:.4f}), "
                  f"ECE {cal['ece']:.4f}; model saved to {metrics['model']['folders'][0]}")  # fmt: skip
@@ -252,6 +254,8 @@ def ablation_lines(ablation: dict) -> list[str]:
         return []
     lines = ["  what each feature group is worth (blend with it minus without it, tuned parameters "
              "kept, paired 95% CI):"]  # fmt: skip
+    if ablation.get("unreadable"):
+        lines.append(f"    ({ablation['unreadable']})")
     width = max(len(row["group"]) for row in rows)
     for row in rows:
         pauc = ""

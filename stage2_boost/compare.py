@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .chance import chance_text
 from .errors import OutputError
 from .evidence import Evidence, has_evidence, read_evidence, resolve_run, runs_with_evidence
 from .metrics import METRICS, delong_paired_p, paired_differences
@@ -66,6 +67,10 @@ def compare_evidence(
         "n_bootstrap": n_boot,
     }  # fmt: skip
     result |= paired_differences(target, score_a, score_b, patients, n_boot, seed)
+    for role, run in (("A", a), ("B", b)):
+        chance = chance_text(result[f"{role.lower()}_auc_ci95"])
+        if chance:
+            notes.append(f"{role} ({run.run_id}) on these images: {chance}")
     result["notes"] = notes
     result["verdict"] = verdict(result)
     return result
@@ -135,10 +140,11 @@ def compare_command(
 
 def ablation_table(
     without: dict[str, np.ndarray], full: np.ndarray, target: np.ndarray, patients: np.ndarray,
-    n_boot: int, seed: int,
+    n_boot: int, seed: int, chance: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """What each feature group is worth: the blend with every group minus the blend refitted
-    without it (positive: the group helps), each with a paired patient-bootstrap interval."""
+    without it (positive: the group helps), each with a paired patient-bootstrap interval.
+    ``chance``: why the full model ranks no better than chance, which makes the rows unreadable."""
     rows = []
     for group, score in without.items():
         d = paired_differences(target, score, full, patients, n_boot, seed)
@@ -150,6 +156,10 @@ def ablation_table(
         "parameters and rounds on the same evaluation folds (no new search); delta = with the "
         "group minus without it, paired patient bootstrap",
         "groups": rows,
+        "unreadable": f"these rows cannot be read: the full model shows {chance}, so what a "
+        "group adds to it means nothing"
+        if chance and rows
+        else None,
     }
 
 

@@ -199,6 +199,7 @@ def paired_differences(
         out[f"a_{name}"], out[f"b_{name}"] = a[name], b[name]
         out[f"delta_{name}"] = b[name] - a[name]
         out[f"delta_{name}_ci95"] = _interval(rep_b[name] - rep_a[name])
+    out["a_auc_ci95"], out["b_auc_ci95"] = _interval(rep_a["auc"]), _interval(rep_b["auc"])
     return out
 
 

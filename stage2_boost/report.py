@@ -225,6 +225,7 @@ def _markdown(metrics: dict[str, Any], subgroups: pd.DataFrame) -> str:
         f"parameters on a fold split (seed {metrics['folds']['eval_seed']}) other than the one they were "
         f"tuned on (seed {metrics['folds']['tuning_seed']}). The best tuning CV AUC, which selection "
         f"flatters, was {_fmt(metrics['tuning_auc'])}.", "",
+        *([f"**Chance level: {metrics['chance']}.**", ""] if metrics.get("chance") else []),
         "| model | OOF AUC | 95% CI | tuning AUC | rounds | trials in study | study |", "| --- | --- | --- | --- | --- | --- | --- |",
     ]  # fmt: skip
     for name, m in metrics["models"].items():
@@ -286,6 +287,8 @@ def _ablation_markdown(ablation: dict[str, Any]) -> list[str]:
     if not rows:
         return []
     lines = ["", "## What each feature group is worth", "", f"Method: {ablation['method']}.", "",
+             *([f"**{ablation['unreadable'][0].upper()}{ablation['unreadable'][1:]}.**", ""]
+               if ablation.get("unreadable") else []),
              "| group left out | OOF AUC without | ΔAUC [95% CI] | ΔpAUC80 [95% CI] |",
              "| --- | --- | --- | --- |"]  # fmt: skip
     for row in rows:

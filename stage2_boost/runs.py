@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .chance import chance_text
 from .errors import OutputError
 from .evidence import has_evidence
 from .outputs import RUNS_FILE, read_runs
@@ -21,9 +22,10 @@ def format_runs(log: pd.DataFrame, stage2: Path | None = None) -> str:
         if column not in table.columns:
             table[column] = None
     table["oof_auc ± CI"] = [
-        f"{a:.4f} [{lo:.4f}, {hi:.4f}]"
+        f"{a:.4f} [{lo:.4f}, {hi:.4f}]{' chance' if chance_text((lo, hi)) else ''}"
         for a, lo, hi in zip(table["oof_auc"], table["ci_low"], table["ci_high"], strict=True)
     ]
+    table["tuning_auc"] = [f"{v:.4f}" if pd.notna(v) else "untuned" for v in table["tuning_auc"]]
     table["pAUC80"] = [f"{v:.4f}" if pd.notna(v) else "-" for v in table["pauc80"]]
     table["n_extra"] = table["n_extra"].fillna(0).astype(int)
     table["Δ previous"] = table["vs_previous"].fillna("-")
@@ -45,7 +47,9 @@ def print_runs(out: Path) -> int:
             f"No run log at {path}: run `python -m stage2_boost train` first, or pass --out."
         )
     print(format_runs(read_runs(path), Path(out)))
-    print("Δ: paired ΔAUC of the blend [95% CI, patient bootstrap] against the previous and the "
-          "best earlier run on the same images; compare: whether the run kept the evidence "
+    print("chance: the AUC interval contains 0.5, no evidence the run ranks lesions better than "
+          "chance; Δ: paired ΔAUC of the blend [95% CI, patient bootstrap] against the previous "
+          "and the best earlier run on the same images; untuned: the run's models kept their "
+          "starting parameters (no trial); compare: whether the run kept the evidence "
           "`python -m stage2_boost compare` needs")  # fmt: skip
     return 0

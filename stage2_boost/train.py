@@ -20,6 +20,7 @@ from stage1_embed.folds import EVAL_SEED_OFFSET, load_or_make_eval_folds, load_o
 
 from .boosters import BoosterAdapter, create_booster, resolve_device
 from .cache import CACHE_DIR, ContentCache, cached_folds, cached_refit, content_key, data_digest
+from .chance import chance_text
 from .compare import ablation_table, short_delta, versus_earlier
 from .config import DEFAULT_GROUPS, IMAGE_GROUPS, Stage2Config
 from .cv import CVResult, FoldMatrices, cross_validate, oof_folds, oof_rows, prepare_folds
@@ -201,7 +202,7 @@ def _train_locked(config: Stage2Config, out: Path) -> RunResult:
     metrics["ablation"] = ablation_table(
         {"+".join(s): blend_without(s) for s in _ablations(config, groups)}, blend.oof_logit,
         data.target[oof_rows(evaluation)], _oof_patients(data, evaluation), config.n_bootstrap,
-        config.seed,
+        config.seed, chance_text(metrics["oof_auc_ci95"]),
     )  # fmt: skip
     metrics["model"] = _save_models(
         config, out, data, models, evaluation, feature_set, metrics, blend
@@ -419,11 +420,14 @@ def _metrics(
     blend = blended.oof_logit
     fold_aucs = [auc(target[folds == k], blend[folds == k]) for k in range(len(evaluation))]
     tuning_values = [m.tuning_auc for m in models if m.tuning_auc is not None]
+    headline = _oof_metrics(target, blend, patients, config)
+    calibration = _calibration_metrics(target, blended)
     return {
         "run_id": run_id,
-        **_oof_metrics(target, blend, patients, config),
+        **headline,
+        "chance": chance_text(headline["oof_auc_ci95"], calibration),
         "tuning_auc": max(tuning_values) if tuning_values else None,
-        "calibration": _calibration_metrics(target, blended),
+        "calibration": calibration,
         "fold_aucs": fold_aucs,
         "models": per_model,
         "n_train": len(target),

@@ -38,7 +38,16 @@ def test_run_all_help() -> None:
             "CSV file not found",
         ),
         (
-            ["-m", "stage1_embed", "--data", "{tmp}", "--backbones", "nonsense_net", "--out", "{tmp}/o"],
+            [
+                "-m",
+                "stage1_embed",
+                "--data",
+                "{tmp}",
+                "--backbones",
+                "nonsense_net",
+                "--out",
+                "{tmp}/o",
+            ],
             "Unknown backbone",
         ),
         (["-m", "stage1_embed", "--out", "{tmp}/o"], "Name the data: --data DIR"),
@@ -161,5 +170,8 @@ def test_stage1_reads_only_the_data_it_is_given(tmp_path: Path, tiny_dataset: Pa
     from stage1_embed.schema import read_manifest
 
     manifest, provenance = read_manifest(out)
-    assert set(manifest["split"]) == {"train"} and not manifest["image_name"].str.startswith("DEMO").any()
+    assert (
+        set(manifest["split"]) == {"train"}
+        and not manifest["image_name"].str.startswith("DEMO").any()
+    )
     assert provenance["dataset"] == "mine" and provenance["test_csv"] is None

@@ -41,6 +41,7 @@ class PredictSummary:
     predictions: pd.DataFrame  # what predictions.csv holds
     skipped: list[str]  # files of a bare folder that were not scored, and why
     metrics: dict | None  # with labels: AUC, pAUC80, ... with patient-bootstrap intervals
+    warnings: list[str]  # what the probabilities do not mean (chance level, all the same)
 
 
 def run_predict(
@@ -95,14 +96,37 @@ def run_predict(
         out_dir, split, len(ok), len(unreadable), int((ok["patient_images"] == 1).sum()),
         not provenance.get("patients_from_image_names", False), model.manifest["run_id"],
         float(model.manifest["metrics"]["oof_auc"]), predictions,
-        list(provenance.get("skipped_files") or []), metrics,
+        list(provenance.get("skipped_files") or []), metrics, _warnings(model.manifest, ok),
     )  # fmt: skip
+    for warning in summary.warnings:
+        logger.warning("%s", warning)
     _write_page(summary, features_dir, split)
     return summary
 
 
+def _warnings(manifest: dict, scored: pd.DataFrame) -> list[str]:
+    """Plain words for probabilities that rank nothing: a model at chance level in its own
+    out-of-fold evaluation, or one probability for every scored image."""
+    from ..chance import chance_text
+
+    found = []
+    own = manifest.get("metrics") or {}
+    chance = chance_text(own["oof_auc_ci95"], own.get("calibration"))
+    if chance:
+        found.append(f"this model's own out-of-fold evaluation shows {chance}; do not read its "
+                     "probabilities as a ranking")  # fmt: skip
+    values = scored["probability"].round(6).unique()
+    if len(scored) > 1 and len(values) == 1:
+        found.append(f"every scored image got the same probability ({values[0]:.4f}): the model "
+                     "ranks none above another, most likely because every feature it uses is "
+                     "missing for them (a bare folder has no age, sex or site, and each image "
+                     "is its own patient)")  # fmt: skip
+    return found
+
+
 def _write_page(summary: PredictSummary, features_dir: Path, split: str) -> None:
     """predictions.html: each image shown, thumbnails made through stage 1's readers."""
+    from stage1_embed.errors import DataError
     from stage1_embed.thumbnails import make_thumbnails
 
     from ..galleries import Card
@@ -122,7 +146,11 @@ def _write_page(summary: PredictSummary, features_dir: Path, split: str) -> None
 
     def add_thumbnails(shown: list[Card]) -> None:
         readable = [c for c in shown if not c.error]
-        made = make_thumbnails(features_dir, [(split, c.image_name) for c in readable])
+        try:
+            made: dict = make_thumbnails(features_dir, [(split, c.image_name) for c in readable])
+        except DataError as err:  # the page shows the reason in place of each thumbnail
+            logger.warning("no thumbnails on predictions.html: %s", err)
+            made = {(split, c.image_name): f"no thumbnail: {err}" for c in readable}
         for c in readable:
             thumb = made[(split, c.image_name)]
             c.thumbnail, c.error = (thumb, "") if isinstance(thumb, bytes) else (None, thumb)
@@ -171,6 +199,7 @@ def format_predict_summary(summary: PredictSummary) -> str:
         lines += [f"  {name} not reported: {why}" for name, why in m["not_reported"].items()
                   if name in ("auc", "pauc80")]  # fmt: skip
     lines += [f"  not scored: {note}" for note in summary.skipped]
+    lines += [f"  WARNING: {warning}" for warning in summary.warnings]
     lines.append(
         f"outputs: {summary.out_dir / PREDICTIONS}, {summary.out_dir / SUBMISSION}, "
         f"{summary.out_dir / 'predictions.html'} (open it in a browser)"
