@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ from .tune import (
 )
 
 logger = logging.getLogger(__name__)
+MIN_COMPONENTS = 4  # the smallest automatic PCA size per backbone
 
 
 @dataclass
@@ -174,7 +176,9 @@ def _train_locked(config: Stage2Config, out: Path) -> RunResult:
     # the study is tied to the data it tunes on: other data, other study (same data: shared)
     fingerprint = data_digest(inputs, key_parts, train_rows, folds, extra_rows)
     feature_set["data_fingerprint"] = fingerprint[:12]
-    _warn_if_too_few_positives(feature_set["n_features"], n_pos_all)
+    advice = overfitting_advice(feature_set["n_features"], n_pos_all, n_components, groups)
+    if advice:
+        logger.warning("%s", advice)
     # the default SQLite file is this run's alone (the folder is locked): no heartbeats needed
     storage = open_storage(config.storage_url, config.heartbeat_grace, config.storage is not None)
     models = [
@@ -307,21 +311,29 @@ def _save_models(
     return {"folders": [str(f) for f in folders], "run_id": metrics["run_id"]}
 
 
-def _warn_if_too_few_positives(n_features: int, n_pos: int) -> None:
-    """Many features against few malignant images is where stacking overfits (seen on 27)."""
-    if n_features > n_pos:
-        logger.warning(
-            "%d features but only %d malignant training images: expect the tuning AUC to be "
-            "optimistic and image features to overfit. Consider python -m stage2_boost train "
-            "--components 4-8, or fewer groups (./run_all.sh --features metadata,patient,"
-            "ugly-duckling).", n_features, n_pos,
-        )  # fmt: skip
+def overfitting_advice(
+    n_features: int, n_pos: int, n_components: int, groups: Sequence[str]
+) -> str | None:
+    """Many features against few malignant images is where stacking overfits (seen on 27): the
+    warning, with only suggestions that change something this run did (None: no warning)."""
+    if n_features <= n_pos:
+        return None
+    text = (f"{n_features} features but only {n_pos} malignant training images: expect the "
+            "tuning AUC to be optimistic and image features to overfit.")  # fmt: skip
+    tips = [f"--components {MIN_COMPONENTS}"] if n_components > MIN_COMPONENTS else []
+    fewer = [g for g in groups if g in ("metadata", "patient", "ugly-duckling")]
+    if fewer and len(fewer) < len(groups):
+        tips.append(f"--groups {','.join(fewer)} (./run_all.sh --features {','.join(fewer)})")
+    if tips:
+        text += (f" Consider python -m stage2_boost train {' or '.join(tips)}, and judge the "
+                 "change with python -m stage2_boost compare.")  # fmt: skip
+    return text
 
 
 def auto_components(n_pos: int, n_backbones: int) -> int:
     """PCA size per backbone when not given: about three malignant images per image feature,
     between 4 and 32 (32 on the full ISIC data or HAM10000, 7 on the 67-positive demo)."""
-    return int(np.clip(n_pos // (3 * max(1, n_backbones)), 4, 32))
+    return int(np.clip(n_pos // (3 * max(1, n_backbones)), MIN_COMPONENTS, 32))
 
 
 def _feature_set(

@@ -121,3 +121,33 @@ def test_the_walk_finds_the_messages() -> None:
     texts = [t for p in SOURCES for _, t in messages(p)]
     assert len(texts) > 20 and any("--out" in t for t in texts)
     assert "--skip-missing" in FLAGS["stage1"] and "--model" in FLAGS["run_all"]
+
+
+def train_arguments(text: str) -> list[list[str]]:
+    """Each ``--flag value`` a rendered message suggests to ``python -m stage2_boost train``."""
+    pairs = re.findall(r"(--[a-z][a-z0-9-]+) ([^\s,.()]+(?:,[^\s,.()]+)*)", text)
+    return [[f, value] for f, value in pairs if f in FLAGS["stage2"] and f != "--features"]
+
+
+@pytest.mark.parametrize(
+    ("n_components", "groups"),
+    [
+        (4, ("metadata", "patient", "embedding", "probe", "ugly-duckling")),
+        (7, ("metadata", "patient", "embedding", "probe", "ugly-duckling")),
+        (32, ("embedding", "probe")),
+        (4, ("metadata", "patient", "ugly-duckling")),
+    ],
+)
+def test_rendered_overfitting_advice_runs(n_components: int, groups: tuple[str, ...]) -> None:
+    """Suggestions built from the run's values parse, name real groups and change something."""
+    from stage2_boost.config import GROUPS
+    from stage2_boost.train import overfitting_advice
+
+    text = overfitting_advice(60, 27, n_components, groups)
+    assert text is not None and overfitting_advice(20, 27, n_components, groups) is None
+    for flag, value in train_arguments(text):
+        stage2_parser().parse_args(["train", flag, value])  # argparse exits on a bad value
+        if flag == "--groups":
+            assert set(value.split(",")) <= set(GROUPS) and set(value.split(",")) < set(groups)
+        if flag == "--components":
+            assert int(value) < n_components, "suggests what the run already did"
