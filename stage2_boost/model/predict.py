@@ -18,7 +18,7 @@ from stage1_embed.common import atomic_path
 from stage1_embed.schema import read_manifest
 
 from ..data import load_stage_data
-from ..errors import ConfigError
+from ..errors import ConfigError, OutputError
 from .load import load_model
 from .score import score_rows, top_reasons
 
@@ -49,6 +49,8 @@ def run_predict(
     explain: bool = False,
 ) -> PredictSummary:  # fmt: skip
     model = load_model(model_dir)
+    run = str(model.manifest["run_id"])
+    check_scored_by(Path(out_dir), run)
     manifest, provenance = read_manifest(features_dir)
     split = split or ("test" if (manifest["split"] == "test").any() else "train")
     wanted = manifest[manifest["split"] == split]
@@ -63,6 +65,7 @@ def run_predict(
     scored = score_rows(model, data, rows, explain)
     frame = data.frame.iloc[rows]
     predictions = scored.predictions.assign(
+        model_run=run,
         patient_images=frame.groupby("patient_id")["image_name"].transform("size").to_numpy(),
         age_approx=frame["age_approx"].to_numpy(),
         sex=frame["sex"].to_numpy(),
@@ -102,6 +105,27 @@ def run_predict(
         logger.warning("%s", warning)
     _write_page(summary, features_dir, split)
     return summary
+
+
+def check_scored_by(out: Path, run: str) -> None:
+    """Scores of one model never replace another's: a folder whose predictions.csv came from
+    another model run (its ``model_run`` column) is refused before anything is written."""
+    path = out / PREDICTIONS
+    if not path.is_file():
+        return
+    try:
+        before = pd.read_csv(path, usecols=lambda c: c == "model_run", nrows=1)
+    except (OSError, ValueError, pd.errors.ParserError):
+        before = pd.DataFrame()
+    earlier = str(before["model_run"].iloc[0]) if len(before) and "model_run" in before else None
+    if earlier == run:
+        return
+    free = out.parent / f"{out.name}-{run}"
+    raise OutputError(
+        f"{path} holds the scores of {'model run ' + earlier if earlier else 'another model'}; "
+        f"scoring with model run {run} there would replace them. Pass another --out, e.g. "
+        f"--out {free}, or delete {path} to replace them."
+    )
 
 
 def _warnings(manifest: dict, scored: pd.DataFrame) -> list[str]:
