@@ -57,6 +57,7 @@ class Stage1Summary:
     n_failures: int = 0
     complete: bool = True
     extras: list[Stage1Summary] = field(default_factory=list)  # one per --extra-data folder
+    n_unreadable_files: int = 0  # failed before any backbone: missing, empty, a bad header
 
 
 def run_stage1(config: Stage1Config) -> Stage1Summary:
@@ -166,6 +167,7 @@ def _run_locked(config: Stage1Config, out: Path) -> Stage1Summary:
     refs = [scan.refs[k] for k in sorted(scan.refs)]
     settings = _embed_settings(config, source.format_name)
     summary = Stage1Summary(out, len(refs), source.format_name)
+    summary.n_unreadable_files = int((scan.manifest["read_status"] == "failed").sum())
     plan = ShardPlan(out) if config.num_shards > 1 else None
     if plan is not None:
         plan.join(config.shard_index, {"num_shards": config.num_shards, "input_fingerprint":
@@ -331,14 +333,17 @@ def _save_cross_check(scan: ScanResult, out: Path) -> None:
 
 
 def format_summary(summary: Stage1Summary) -> str:
-    """The end-of-run table: backbone, images, failures, seconds, images/s, device, status."""
+    """The end-of-run table: backbone, images embedded this run, images it could not read
+    (before decoding or while decoding), seconds, images/s, device, status."""
     lines = [
         f"{'backbone':<32} {'embedded':>8} {'failures':>8} {'seconds':>8} {'img/s':>7}  device  status"
     ]
     for r in summary.results:
         speed = f"{r.images_per_second:>7.1f}" if r.n_images else f"{'-':>7}"
+        decoded = r.n_images - len(r.failures) if r.status == "computed" else r.n_images
+        failures = summary.n_unreadable_files + len(r.failures)
         lines.append(
-            f"{r.slug:<32} {r.n_images:>8} {len(r.failures):>8} {r.seconds:>8.1f} "
+            f"{r.slug:<32} {decoded:>8} {failures:>8} {r.seconds:>8.1f} "
             f"{speed}  {r.device:<6}  {r.status}"
         )
     lines.append(

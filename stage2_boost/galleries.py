@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.special import logit as scipy_logit
 
 from stage1_embed.errors import DataError
 from stage1_embed.thumbnails import make_thumbnails
@@ -25,6 +26,7 @@ from .cache import ContentCache, content_key
 from .cv import FoldMatrices
 from .data import StageData
 from .features.ugly_duckling import UglyDucklingFeatures
+from .model.calibration import Platt
 from .model.score import grouped_contributions, top_reasons
 
 logger = logging.getLogger(__name__)
@@ -47,6 +49,7 @@ class Card:
     thumbnail: bytes | None = None
     error: str = ""
     of: int | None = None  # images ranked
+    tied: bool = False  # another image has the same blend score, so the same rank
 
 
 @dataclass
@@ -64,8 +67,13 @@ def report_galleries(
     """The report's galleries from the run's out-of-fold predictions (``models``: name and fold
     models of each booster), with thumbnails and TreeSHAP reasons."""
     duckling, order = _duckling_scores(data, oof, evaluation)
-    ranked = oof.assign(rank=oof["blend"].rank(ascending=False, method="min").astype(int),
-                        duckling=duckling)  # fmt: skip
+    # one number per card that orders as the rank does: the run's own Platt fit of the blend
+    # (what its saved model gives for that score), not the cross-fitted probability, which
+    # calibrates each fold by the others and so may order two images across folds the other way
+    logit = scipy_logit(oof["blend"].to_numpy(float).clip(1e-12, 1 - 1e-12))
+    rank = oof["blend"].rank(ascending=False, method="min").astype(int)
+    ranked = oof.assign(rank=rank, tied=rank.map(rank.value_counts()) > 1, duckling=duckling,
+                        shown=Platt.fit(logit, oof["target"].to_numpy(int))(logit))  # fmt: skip
     malignant = ranked[ranked["target"] == 1].nsmallest(GALLERY_SIZE, "blend")
     benign = ranked[ranked["target"] == 0].nlargest(GALLERY_SIZE, "blend")
     counts = ranked.groupby("patient_id")["target"].agg(["size", "sum"])
@@ -86,10 +94,10 @@ def report_galleries(
         note = ""
         if in_strip and data.embeddings:
             note = f"unlike the others: z {row.duckling:+.2f}" if np.isfinite(row.duckling) else ""
-        return Card(name, str(row.patient_id), float(row.probability), int(row.rank),
+        return Card(name, str(row.patient_id), float(row.shown), int(row.rank),
                     bool(row.target), reasons.get(name, ""), note,
                     thumb if isinstance(thumb, bytes) else None,
-                    thumb if isinstance(thumb, str) else "", of=len(ranked))  # fmt: skip
+                    thumb if isinstance(thumb, str) else "", of=len(ranked), tied=bool(row.tied))  # fmt: skip
 
     return Galleries(
         [card(r) for r in malignant.itertuples()], [card(r) for r in benign.itertuples()],

@@ -243,3 +243,15 @@ def test_real_jpegs_pretrained_differs_from_random_init(isic_layout: Path, tmp_p
     corr = np.corrcoef(np.stack(pre["vector"]).ravel(), np.stack(rnd["vector"]).ravel())[0, 1]
     assert abs(corr) < 0.5
     assert pq.read_table(tmp_path / "pre" / "manifest.parquet").num_rows == 64
+
+
+def test_the_summary_counts_embedded_and_failed_images_once_each(tmp_path: Path) -> None:
+    """Six images handed to a backbone, one of them undecodable, one more unreadable before it:
+    5 embedded and 2 failures (issue 29: the table said 6 and 1)."""
+    from stage1_embed.pipeline import Stage1Summary, format_summary
+    from stage1_embed.runner import BackboneResult
+
+    result = BackboneResult("lite0", "computed", 6, 1.0, "cpu", [("test", "bad", "truncated")])
+    summary = Stage1Summary(tmp_path, 6, "jpeg", [result], n_failures=2, n_unreadable_files=1)
+    row = format_summary(summary).splitlines()[1].split()
+    assert row[:3] == ["lite0", "5", "2"]

@@ -387,3 +387,19 @@ def test_a_new_study_tries_the_library_defaults_first(config: Stage2Config) -> N
     adapter = create_booster("lgbm", n_rows=len(result.models[0].cv.oof))
     assert first.user_attrs["start"] == "library defaults"
     assert set(first.params) == set(adapter.default_params())
+
+
+def test_gallery_cards_show_one_number_that_orders_as_the_ranks(config: Stage2Config) -> None:
+    """p on a card is the run's calibration of the blend, so a better rank never shows a lower
+    p, and equal ranks (tied scores) say so and show the same p (issue 29, item 6)."""
+    import re
+
+    run_training(replace(config, report=True))
+    page = (config.stage2_dir / "report" / "report.html").read_text()
+    cards = re.findall(r"p = ([0-9.]+) · rank (\d+) of \d+( \(tied\))?", page)
+    assert len(cards) >= 10
+    by_rank = sorted({(int(rank), float(p), bool(tied)) for p, rank, tied in cards})
+    ps = [p for _, p, _ in by_rank]
+    assert ps == sorted(ps, reverse=True)
+    ranks = [rank for rank, _, _ in by_rank]
+    assert len(ranks) == len(set(ranks)), "one p per rank"
