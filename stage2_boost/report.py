@@ -141,11 +141,12 @@ def _fold_plot(fold_aucs: dict[str, list[float]]) -> plt.Figure:
     n_folds = len(fold_aucs["blend"])
     for i, (name, values) in enumerate(fold_aucs.items()):
         ax.bar(np.arange(len(values)) + i * width, values, width, label=name)
-    ax.set(xlabel="fold", ylabel="AUC", title="AUC per evaluation fold", ylim=(0.4, 1.0))
+    # the axis starts at 0 so that every fold has a bar, those below chance too
+    ax.set(xlabel="fold", ylabel="AUC", title="AUC per evaluation fold", ylim=(0.0, 1.05))
     ax.set_xticks(
         np.arange(n_folds) + width * (len(fold_aucs) - 1) / 2, [str(k) for k in range(n_folds)]
     )
-    ax.axhline(0.5, c="grey", ls=":")
+    ax.axhline(0.5, c="black", ls="--", lw=1, label="chance (0.5)")
     ax.legend(fontsize=8)
     return fig
 

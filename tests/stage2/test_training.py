@@ -403,3 +403,21 @@ def test_gallery_cards_show_one_number_that_orders_as_the_ranks(config: Stage2Co
     assert ps == sorted(ps, reverse=True)
     ranks = [rank for rank, _, _ in by_rank]
     assert len(ranks) == len(set(ranks)), "one p per rank"
+
+
+def test_the_fold_plot_shows_every_fold_and_marks_chance() -> None:
+    """Folds below 0.4 had no visible bar when the axis started there (issue 29, item 7)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from stage2_boost.report import _fold_plot
+
+    figure = _fold_plot({"lgbm": [0.342, 0.383, 0.91], "blend": [0.35, 0.40, 0.95]})
+    ax = figure.axes[0]
+    low, high = ax.get_ylim()
+    bars = ax.patches
+    assert len(bars) == 6
+    for bar in bars:
+        assert low <= bar.get_y() and bar.get_y() + bar.get_height() <= high
+        assert bar.get_height() > 0.3  # drawn from the axis' bottom, so visible
+    assert any(line.get_ydata()[0] == 0.5 for line in ax.get_lines())
