@@ -27,14 +27,15 @@ _META_KEY = b"melanoma_stack_folds"
 FEW_POSITIVES = 5
 
 
-def make_folds(train: pd.DataFrame, n_folds: int, seed: int) -> np.ndarray:
-    """Fold number per row of ``train``: no patient in two folds, positives spread evenly."""
+def make_folds(train: pd.DataFrame, n_folds: int, seed: int, name: str = "folds") -> np.ndarray:
+    """Fold number per row of ``train``: no patient in two folds, positives spread evenly
+    (``name``: what the warnings call this split, e.g. its file)."""
     check_trainable(train, n_folds)
     splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     folds = np.full(len(train), -1, dtype=np.int8)
     for fold, (_, valid) in enumerate(splitter.split(train, train["target"], train["patient_id"])):
         folds[valid] = fold
-    _warn_few_positives(train["target"].to_numpy(), folds)
+    _warn_few_positives(train["target"].to_numpy(), folds, f"{name} (seed {seed})")
     return folds
 
 
@@ -63,13 +64,14 @@ def check_trainable(train: pd.DataFrame, n_folds: int) -> None:
         raise DataError(f"{n_patients} patients cannot fill {n_folds} patient-grouped folds.")
 
 
-def _warn_few_positives(target: np.ndarray, folds: np.ndarray) -> None:
-    for fold in np.unique(folds):
-        n_pos = int(target[folds == fold].sum())
-        if n_pos < FEW_POSITIVES:
-            logger.warning(
-                "fold %d has only %d malignant image(s): its AUC is very noisy", fold, n_pos
-            )
+def _warn_few_positives(target: np.ndarray, folds: np.ndarray, name: str) -> None:
+    """One line per split: which of its folds have too few malignant images to score well."""
+    few = [(int(k), int(target[folds == k].sum())) for k in np.unique(folds)]
+    few = [(k, n) for k, n in few if n < FEW_POSITIVES]
+    if few:
+        listed = ", ".join(f"fold {k} has {n}" for k, n in few)
+        logger.warning("%s: %s malignant image(s), fewer than %d: their per-fold AUCs are very "
+                       "noisy", name, listed, FEW_POSITIVES)  # fmt: skip
 
 
 def folds_key(train: pd.DataFrame, n_folds: int, seed: int) -> str:
@@ -91,7 +93,7 @@ def load_or_make_folds(
             saved = pq.read_table(path).to_pandas().set_index("image_name")["fold"]
             return saved.reindex(train["image_name"]).to_numpy(dtype=np.int8), True
         logger.info("%s was made for other data or settings; making new folds", path)
-    folds = make_folds(train, n_folds, seed)
+    folds = make_folds(train, n_folds, seed, path.name)
     table = pa.Table.from_pandas(
         pd.DataFrame({"image_name": train["image_name"].to_numpy(), "patient_id": train["patient_id"].to_numpy(),
                       "target": train["target"].astype(int).to_numpy(), "fold": folds}),

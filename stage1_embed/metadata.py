@@ -58,7 +58,7 @@ def load_metadata(train_csv: Path, test_csv: Path | None = None) -> pd.DataFrame
 
 def read_split_csv(path: Path, split: str) -> pd.DataFrame:
     """Read one CSV of ``split`` ('train' or 'test') and normalise it."""
-    return normalise_table(_read_raw(Path(path)), Path(path), split)
+    return normalise_table(_read_raw(Path(path), split), Path(path), split)
 
 
 def normalise_table(raw: pd.DataFrame, path: Path, split: str) -> pd.DataFrame:
@@ -89,7 +89,10 @@ def normalise_table(raw: pd.DataFrame, path: Path, split: str) -> pd.DataFrame:
     return table
 
 
-def _read_raw(path: Path) -> pd.DataFrame:
+_OPTIONAL = ", or delete test.csv (a test split is optional)"
+
+
+def _read_raw(path: Path, split: str = "train") -> pd.DataFrame:
     if not path.is_file():
         raise DataError(
             f"CSV file not found: {path}. Put train.csv (and optionally test.csv) in the data "
@@ -98,13 +101,13 @@ def _read_raw(path: Path) -> pd.DataFrame:
     try:
         raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
     except pd.errors.EmptyDataError as err:
-        raise DataError(
-            f"CSV file {path} is empty: it needs a header and at least one row."
-        ) from err
+        raise DataError(f"CSV file {path} is empty: it needs a header and at least one row"
+                        f"{_OPTIONAL if split == 'test' else ''}.") from err  # fmt: skip
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
         raise DataError(f"CSV file {path} cannot be parsed ({err}). Save it as UTF-8 CSV.") from err
     if raw.empty:
-        raise DataError(f"CSV file {path} has a header but no rows: add the images' rows.")
+        raise DataError(f"CSV file {path} has a header but no rows: add the images' rows"
+                        f"{_OPTIONAL if split == 'test' else ''}.")  # fmt: skip
     raw.columns = [str(c).strip() for c in raw.columns]
     return raw
 

@@ -72,8 +72,41 @@ def compare_evidence(
         if chance:
             notes.append(f"{role} ({run.run_id}) on these images: {chance}")
     result["notes"] = notes
+    result["differences"] = config_differences(a.metrics, b.metrics)
     result["verdict"] = verdict(result)
     return result
+
+
+# settings that say nothing about what was trained (where outputs went, how fast, how it is shown)
+_NOT_SETTINGS = {"out_dir", "report", "no_cache", "threads", "heartbeat_grace", "save_model",
+                 "storage", "ablate", "n_bootstrap", "n_trials", "timeout"}  # fmt: skip
+
+
+def run_settings(metrics: dict[str, Any]) -> dict[str, Any]:
+    """What shaped a run's predictions, flat: data, features, backbones and every parameter."""
+    config = {k: v for k, v in (metrics.get("config") or {}).items() if k not in _NOT_SETTINGS}
+    found = {"dataset": metrics.get("dataset"), "data": metrics.get("data_fingerprint"),
+             "feature groups": ",".join(metrics.get("feature_groups") or []),
+             "backbones": ",".join(metrics.get("backbones") or []) or "none",
+             "features": metrics.get("n_features"), **config}  # fmt: skip
+    for name, model in (metrics.get("models") or {}).items():
+        found[f"{name} rounds"] = model.get("n_rounds")
+        found |= {f"{name} {k}": v for k, v in (model.get("params") or {}).items()}
+    return found
+
+
+def config_differences(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every setting that differs between runs A and B (``{"setting", "a", "b"}``), so a verdict
+    can be read as the effect of those changes."""
+    sa, sb = run_settings(a), run_settings(b)
+    return [{"setting": k, "a": sa.get(k), "b": sb.get(k)}
+            for k in [*sa, *(k for k in sb if k not in sa)] if sa.get(k) != sb.get(k)]  # fmt: skip
+
+
+def _setting_text(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "-" if value is None else str(value)
 
 
 def delta_text(delta: float, ci95: Sequence[float]) -> str:
@@ -106,6 +139,10 @@ def format_comparison(result: dict[str, Any]) -> str:
         lines.append(f"{label:<52} {result[f'a_{name}']:>8.4f} {result[f'b_{name}']:>8.4f}  "
                      f"{delta_text(result[f'delta_{name}'], result[f'delta_{name}_ci95'])}{better}")  # fmt: skip
     lines.append(f"DeLong's paired test (assumes independent images): p = {result['p_delong']:.3g}")
+    changes = result.get("differences") or []
+    lines.append("what differs (A -> B): " + ("; ".join(
+        f"{d['setting']} {_setting_text(d['a'])} -> {_setting_text(d['b'])}" for d in changes
+    ) if changes else "nothing recorded: the same data, features and parameters"))  # fmt: skip
     lines += [f"note: {note}" for note in result["notes"]]
     lines.append(result["verdict"])
     return "\n".join(lines)

@@ -44,10 +44,7 @@ def write_report_html(folder: Path, metrics: dict[str, Any], importance: pd.Data
     """``folder/report.html`` from the run's metrics, the PNGs already in ``folder`` and the
     galleries."""
     columns, rows = metric_table(metrics)
-    versus = [
-        f"Against the {role} run on these images ({v['run']}): {v['verdict']}."
-        for role, v in (metrics.get("versus") or {}).items()
-    ]
+    versus = versus_lines(metrics.get("versus") or {})
     ablation = metrics.get("ablation") or {}
     page = _environment().get_template("report.html.j2").render(
         title=f"melanoma-stack report {metrics['run_id']}", m=metrics, columns=columns,
@@ -59,6 +56,16 @@ def write_report_html(folder: Path, metrics: dict[str, Any], importance: pd.Data
     path = folder / "report.html"
     atomic_write_text(path, page)
     return path
+
+
+def versus_lines(versus: dict[str, Any]) -> list[str]:
+    """One sentence per earlier run paired with this one; one when the previous run is the best."""
+    previous, best = versus.get("previous"), versus.get("best")
+    if previous and best and previous["run"] == best["run"]:
+        return [f"Against the previous run, also the best, on these images ({previous['run']}): "
+                f"{previous['verdict']}."]  # fmt: skip
+    return [f"Against the {role} run on these images ({v['run']}): {v['verdict']}."
+            for role, v in versus.items()]  # fmt: skip
 
 
 def write_predictions_html(

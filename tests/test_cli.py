@@ -175,3 +175,12 @@ def test_stage1_reads_only_the_data_it_is_given(tmp_path: Path, tiny_dataset: Pa
         and not manifest["image_name"].str.startswith("DEMO").any()
     )
     assert provenance["dataset"] == "mine" and provenance["test_csv"] is None
+
+
+def test_every_feature_group_is_in_the_help_and_the_readme() -> None:
+    from stage2_boost.config import GROUPS
+
+    helptext = run(["bash", "run_all.sh", "--help"]).stdout
+    readme = (REPO / "README.md").read_text()
+    for group in GROUPS:
+        assert group in helptext and f"`{group}`" in readme, group

@@ -133,3 +133,23 @@ def test_isic2019_site_alias_is_accepted(tmp_path: Path) -> None:
         "image_name,patient_id,sex,age_approx,anatom_site_general,target\nA,P,male,40,anterior torso,0\n",
     )
     assert read_split_csv(path, "train").loc[0, "anatom_site_general_challenge"] == "anterior torso"
+
+
+@pytest.mark.parametrize("text", ["", "image_name,patient_id\n"])
+def test_an_empty_test_csv_says_it_may_be_deleted(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "test.csv"
+    path.write_text(text)
+    with pytest.raises(DataError, match=r"or delete test\.csv"):
+        read_split_csv(path, "test")
+
+
+def test_few_positives_are_one_warning_per_split_naming_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from stage1_embed.folds import make_folds
+
+    table = tiny_table(n_patients=12, per_patient=3)  # 9 malignant over 5 folds: 1-2 per fold
+    with caplog.at_level(logging.WARNING):
+        make_folds(table, 5, 0, "folds_eval.parquet")
+    lines = [r.getMessage() for r in caplog.records if "malignant" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith("folds_eval.parquet (seed 0): fold 0 has")

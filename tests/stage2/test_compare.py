@@ -100,7 +100,7 @@ def test_every_run_keeps_its_model_and_evidence_and_is_compared_with_earlier_one
     features: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = Stage2Config(features_dir=features, out_dir=tmp_path / "s2", n_components=4,
-                          feature_groups=("metadata",), **FAST)  # fmt: skip
+                          feature_groups=("metadata",), **FAST | {"report": True})  # fmt: skip
     first = run_training(config)
     second = run_training(replace(config, feature_groups=("metadata", "probe")))
     stage2 = config.stage2_dir
@@ -119,7 +119,15 @@ def test_every_run_keeps_its_model_and_evidence_and_is_compared_with_earlier_one
     table = capsys.readouterr().out
     assert f"{versus['previous']['delta_auc']:+.4f}" in table and "yes" in table
     assert main(["compare", "--out", str(stage2), "--baseline", "best"]) == 0
-    assert second.run_id in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert second.run_id in printed
+    assert (
+        "what differs (A -> B): " in printed
+        and "feature groups metadata -> metadata,probe" in printed
+    )
+    assert (
+        "Against the previous run, also the best" in (stage2 / "report" / "report.html").read_text()
+    )
     assert main(["compare", "--out", str(stage2), "--json"]) == 0  # what the run itself printed
     result = json.loads(capsys.readouterr().out)
     assert np.allclose(result["delta_auc_ci95"], versus["previous"]["delta_auc_ci95"], atol=1e-6)
