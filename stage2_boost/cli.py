@@ -1,4 +1,4 @@
-"""``python -m stage2_boost {train,predict,inspect,runs,compare}``: the CPU half, rerun in seconds.
+"""``python -m stage2_boost {train,predict,inspect,runs,compare,ablate}``: the CPU half, rerun in seconds.
 
 The parser imports nothing heavy: ``--help``, ``runs`` and ``inspect`` never load LightGBM,
 XGBoost or torch (``runs`` not Optuna either); each command imports what it uses."""
@@ -111,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
             "compare",
             "did a change help? two runs' OOF metrics with paired patient-bootstrap intervals",
         ),
+        ("ablate", "what each feature group of a finished run is worth, added to that run"),
     ):
         s = sub.add_parser(name, help=helptext)
         s.add_argument("--out", type=Path, help="stage 2 folder (default: the newest "
@@ -119,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--storage", help="Optuna storage URL (default sqlite:///OUT/optuna.db)")
             s.add_argument("--study", help="study name (default: list all)")
             s.add_argument("--top", type=int, default=5, help="best trials to show")
+        if name == "ablate":
+            s.add_argument("run", nargs="?", help="run id, unique prefix, latest (default) or best")
         if name == "compare":
             s.add_argument("run_a", nargs="?", help="baseline run: id, unique prefix, latest or "
                            "best (default: the second newest run)")  # fmt: skip
@@ -314,6 +317,16 @@ def main(argv: list[str] | None = None) -> int:
             run_a = None if args.baseline else args.run_a
             return compare_command(args.out or newest_stage2(RUNS_FILE), run_a, run_b,
                                    args.baseline, args.model, args.bootstrap, args.json)  # fmt: skip
+        if args.command == "ablate":
+            from .ablate import ablate_run
+
+            stage2 = args.out or newest_stage2(RUNS_FILE)
+            metrics = ablate_run(stage2, args.run)
+            lines = ablation_lines(metrics["ablation"]) or ["  nothing to leave out: one group"]
+            print("\n".join([f"run {metrics['run_id']}:", *lines]))
+            print(f"added to {stage2 / 'runs' / metrics['run_id'] / 'metrics.json'} (no new run, "
+                  "no model replaced)")  # fmt: skip
+            return 0
         from .runs import print_runs
 
         return print_runs(args.out or newest_stage2(RUNS_FILE))

@@ -4,7 +4,7 @@ Light on purpose (no pandas, scikit-learn or boosters): the CLI's parser and ``-
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +102,20 @@ class Stage2Config:
     @property
     def storage_url(self) -> str:
         return self.storage or f"sqlite:///{(self.stage2_dir / 'optuna.db').resolve()}"
+
+    @classmethod
+    def from_json(cls, values: dict[str, Any]) -> Stage2Config:
+        """A run's recorded config (:meth:`to_json`) as a config again. The storage URL is not
+        kept (it was recorded with its password masked): the result refits, it does not tune."""
+        kept = {k: v for k, v in values.items() if k in {f.name for f in fields(cls)}}
+        for key in ("feature_groups", "backbones", "models", "experts"):
+            if kept.get(key) is not None:
+                kept[key] = tuple(kept[key])
+        for key in ("features_dir", "out_dir", "save_model"):
+            if kept.get(key) is not None:
+                kept[key] = Path(kept[key])
+        kept["extra_data"] = tuple(Path(p) for p in kept.get("extra_data") or ())
+        return cls(**kept | {"storage": None})
 
     def to_json(self) -> dict[str, Any]:
         from .tune import mask_url

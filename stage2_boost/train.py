@@ -114,15 +114,61 @@ def resolve_groups(config: Stage2Config, data: StageData) -> tuple[str, ...]:
     return config.feature_groups
 
 
-def _train_locked(config: Stage2Config, out: Path) -> RunResult:
-    started = time.perf_counter()
-    run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-    data = load_stage_data(
-        config.features_dir,
-        list(config.backbones) if config.backbones else None,
-        config.extra_features_dirs,
-        config.experts,
-    )
+@dataclass
+class PreparedRun:
+    """What a run's features are built from (data, groups, folds) and how to build them: each
+    fold split's matrices come from the content-addressed cache when they were built before."""
+
+    config: Stage2Config
+    data: StageData
+    groups: tuple[str, ...]
+    backbones: list[str]
+    experts: list[str]
+    train_rows: np.ndarray
+    extra_rows: np.ndarray
+    test_rows: np.ndarray
+    folds: np.ndarray
+    eval_folds: np.ndarray
+    eval_key: str
+    n_components: int
+    n_pos_all: int
+    cache: ContentCache
+    inputs: str  # every value of every row, embedding and expert probability
+    key_parts: dict[str, Any]
+
+    @property
+    def eval_seed(self) -> int:
+        return self.config.seed + EVAL_SEED_OFFSET
+
+    def make_groups(self, names: tuple[str, ...] | None = None) -> list:
+        return create_feature_groups(names or self.groups, self.backbones, self.config.reduction,
+                                     self.n_components, self.config.seed, self.experts,
+                                     self.config.expert_transform)  # fmt: skip
+
+    def fold_matrices(
+        self, split: np.ndarray, seed: int, test: np.ndarray | None,
+        names: tuple[str, ...] | None = None,
+    ) -> list[FoldMatrices]:  # fmt: skip
+        names = names or self.groups
+        key = content_key("folds", self.inputs, self.key_parts | {"groups": names},
+                          self.train_rows, split, seed, test, self.extra_rows)  # fmt: skip
+        return cached_folds(self.cache, key, lambda: prepare_folds(
+            self.data, self.train_rows, split, lambda: self.make_groups(names), seed, test,
+            self.extra_rows, _fold_workers(self.config)), lambda: self.make_groups(names),
+            self.data.target)  # fmt: skip
+
+    def evaluation(
+        self, names: tuple[str, ...] | None = None, test: bool = True
+    ) -> list[FoldMatrices]:
+        """The evaluation folds' matrices (with the test rows when ``test``)."""
+        return self.fold_matrices(self.eval_folds, self.eval_seed,
+                                  self.test_rows if test else None, names)  # fmt: skip
+
+
+def prepare_run(config: Stage2Config, out: Path) -> PreparedRun:
+    """Load stage 1's outputs, choose the groups, and make (or reuse) both fold splits."""
+    data = load_stage_data(config.features_dir, list(config.backbones) if config.backbones else None,
+                           config.extra_features_dirs, config.experts)  # fmt: skip
     groups = resolve_groups(config, data)
     if not set(groups) & IMAGE_GROUPS:  # a metadata-only run neither uses nor needs embeddings
         data.embeddings.clear()
@@ -133,50 +179,37 @@ def _train_locked(config: Stage2Config, out: Path) -> RunResult:
     n_pos = int(train["target"].sum())
     n_pos_all = n_pos + int(data.target[extra_rows].sum())
     folds, _ = load_or_make_folds(train, config.n_folds, config.seed, out / "folds.parquet")
-    eval_seed = config.seed + EVAL_SEED_OFFSET
     eval_folds, eval_key = load_or_make_eval_folds(train, config.n_folds, config.seed, out)
     logger.info("%d train images (%d malignant, %d patients), %d test; features %s; backbones %s",
                 len(train), n_pos, train["patient_id"].nunique(), len(test_rows),
                 ",".join(groups), ",".join(backbones) or "none")  # fmt: skip
-
     if len(extra_rows):
         logger.info("extra training data: %d images (%d malignant) from %s; they only ever train",
                     len(extra_rows), n_pos_all - n_pos, ", ".join(data.extra_sources))  # fmt: skip
     n_components = config.n_components or auto_components(n_pos_all, len(backbones))
-
     experts = sorted(data.experts)
     _check_expert_folds(data, eval_key, config)
-
-    def make_groups(names: tuple[str, ...] = groups) -> list:
-        return create_feature_groups(names, backbones, config.reduction, n_components, config.seed,
-                                     experts, config.expert_transform)  # fmt: skip
-
-    cache = ContentCache(None if config.no_cache else out / CACHE_DIR)
     key_parts = {"groups": groups, "backbones": backbones, "reduction": config.reduction,
                  "n_components": n_components, "experts": experts,
                  "expert_transform": config.expert_transform}  # fmt: skip
-    # every value of every row, embedding and expert probability: the features' whole input
-    inputs = data_digest(data.frame, data.embeddings, data.experts)
+    return PreparedRun(
+        config, data, groups, backbones, experts, train_rows, extra_rows, test_rows, folds,
+        eval_folds, eval_key, n_components, n_pos_all,
+        ContentCache(None if config.no_cache else out / CACHE_DIR),
+        data_digest(data.frame, data.embeddings, data.experts), key_parts,
+    )  # fmt: skip
 
-    def fold_matrices(
-        split: np.ndarray, seed: int, test: np.ndarray | None, names: tuple[str, ...] = groups
-    ) -> list[FoldMatrices]:
-        key = content_key("folds", inputs, key_parts | {"groups": names}, train_rows, split, seed,
-                          test, extra_rows)  # fmt: skip
-        return cached_folds(cache, key, lambda: prepare_folds(
-            data, train_rows, split, lambda: make_groups(names), seed, test, extra_rows,
-            _fold_workers(config)), lambda: make_groups(names), data.target)  # fmt: skip
 
-    tuning = fold_matrices(folds, config.seed, None)
-    evaluation = fold_matrices(eval_folds, eval_seed, test_rows)
-    feature_set = _feature_set(config, groups, backbones, n_components, evaluation[0].X_fit.columns)
-    feature_set["extra_sources"] = data.extra_sources
-    feature_set["experts"] = experts
-    feature_set["expert_transform"] = config.expert_transform
-    # the study is tied to the data it tunes on: other data, other study (same data: shared)
-    fingerprint = data_digest(inputs, key_parts, train_rows, folds, extra_rows)
-    feature_set["data_fingerprint"] = fingerprint[:12]
-    advice = overfitting_advice(feature_set["n_features"], n_pos_all, n_components, groups)
+def _train_locked(config: Stage2Config, out: Path) -> RunResult:
+    started = time.perf_counter()
+    run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    run = prepare_run(config, out)
+    data, cache = run.data, run.cache
+    tuning = run.fold_matrices(run.folds, config.seed, None)
+    evaluation = run.evaluation()
+    feature_set = _feature_set(run, evaluation[0].X_fit.columns)
+    advice = overfitting_advice(feature_set["n_features"], run.n_pos_all, run.n_components,
+                                run.groups)  # fmt: skip
     if advice:
         logger.warning("%s", advice)
     # the default SQLite file is this run's alone (the folder is locked): no heartbeats needed
@@ -187,33 +220,46 @@ def _train_locked(config: Stage2Config, out: Path) -> RunResult:
     ]
     blend = _blend(data, models, evaluation)
     metrics = _metrics(config, data, models, evaluation, feature_set, run_id, blend)
-    metrics["extra"] = _extra_summary(data, extra_rows)
+    metrics["extra"] = _extra_summary(data, run.extra_rows)
     metrics["experts"] = {
         slug: {k: p.get(k) for k in ("oof_auc", "backbone_spec", "recipe", "device", "folds_key")}
         | {"best_epochs": [f.get("best_epoch") for f in (p.get("folds") or {}).values()]}
         for slug, p in data.expert_provenance.items()
     }
-
-    def blend_without(left_out: tuple[str, ...]) -> np.ndarray:
-        """The blend's OOF log-odds refitted without ``left_out``: same parameters and rounds."""
-        names = tuple(g for g in groups if g not in left_out)
-        folds_without = fold_matrices(eval_folds, eval_seed, None, names)
-        return blend_logit(*[
-            cached_refit(cache, _adapter(config, m.name, folds_without), folds_without, m.params,
-                         m.n_rounds).oof for m in models
-        ])  # fmt: skip
-
-    metrics["ablation"] = ablation_table(
-        {"+".join(s): blend_without(s) for s in _ablations(config, groups)}, blend.oof_logit,
-        data.target[oof_rows(evaluation)], _oof_patients(data, evaluation), config.n_bootstrap,
-        config.seed, chance_text(metrics["oof_auc_ci95"]),
-    )  # fmt: skip
+    metrics["ablation"] = ablate(run, [(m.name, m.params, m.n_rounds) for m in models],
+                                 blend.oof_logit, evaluation, metrics["oof_auc_ci95"])  # fmt: skip
     metrics["model"] = _save_models(
         config, out, data, models, evaluation, feature_set, metrics, blend
     )
     metrics["seconds"] = round(time.perf_counter() - started, 1)
     _write_outputs(out, data, models, evaluation, metrics, config, blend, cache)
     return RunResult(run_id, metrics, out, models)
+
+
+def ablate(
+    run: PreparedRun, models: Sequence[tuple[str, dict[str, Any], int]], full: np.ndarray,
+    evaluation: list[FoldMatrices], auc_ci95: Sequence[float],
+) -> dict[str, Any]:  # fmt: skip
+    """The ablation table (compare.ablation_table) of the chosen models (name, parameters,
+    rounds): each group set of :func:`_ablations` left out and the models refitted on the same
+    evaluation folds, one progress line per refit."""
+    config = run.config
+    sets = _ablations(config, run.groups)
+    without = {}
+    for i, left_out in enumerate(sets, 1):
+        started = time.perf_counter()
+        names = tuple(g for g in run.groups if g not in left_out)
+        folds = run.evaluation(names, test=False)
+        without["+".join(left_out)] = blend_logit(*[
+            cached_refit(run.cache, _adapter(config, name, folds), folds, params, n_rounds).oof
+            for name, params, n_rounds in models
+        ])  # fmt: skip
+        logger.info("ablation %d/%d: without %s refitted (%.1f s)", i, len(sets),
+                    "+".join(left_out), time.perf_counter() - started)  # fmt: skip
+    return ablation_table(
+        without, full, run.data.target[oof_rows(evaluation)], _oof_patients(run.data, evaluation),
+        config.n_bootstrap, config.seed, chance_text(auc_ci95),
+    )  # fmt: skip
 
 
 def _ablations(config: Stage2Config, groups: tuple[str, ...]) -> list[tuple[str, ...]]:
@@ -336,16 +382,15 @@ def auto_components(n_pos: int, n_backbones: int) -> int:
     return int(np.clip(n_pos // (3 * max(1, n_backbones)), MIN_COMPONENTS, 32))
 
 
-def _feature_set(
-    config: Stage2Config,
-    groups: tuple[str, ...],
-    backbones: list[str],
-    n_components: int,
-    columns: Any,
-) -> dict[str, Any]:
-    return {"groups": list(groups), "backbones": backbones, "reduction": config.reduction,
-            "n_components": n_components, "n_features": len(columns),
-            "folds": config.n_folds, "seed": config.seed}  # fmt: skip
+def _feature_set(run: PreparedRun, columns: Any) -> dict[str, Any]:
+    config = run.config
+    # the study is tied to the data it tunes on: other data, other study (same data: shared)
+    fingerprint = data_digest(run.inputs, run.key_parts, run.train_rows, run.folds, run.extra_rows)
+    return {"groups": list(run.groups), "backbones": run.backbones, "reduction": config.reduction,
+            "n_components": run.n_components, "n_features": len(columns),
+            "folds": config.n_folds, "seed": config.seed, "extra_sources": run.data.extra_sources,
+            "experts": run.experts, "expert_transform": config.expert_transform,
+            "data_fingerprint": fingerprint[:12]}  # fmt: skip
 
 
 def _feature_key(feature_set: dict[str, Any]) -> str:

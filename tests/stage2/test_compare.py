@@ -152,3 +152,31 @@ def test_ablate_reports_what_each_group_is_worth(
     report = (config.stage2_dir / "report" / "report.md").read_text()
     assert "## What each feature group is worth" in report and "| embedding+probe |" in report
     assert "pAUC above 80% sensitivity" in report
+
+
+def test_ablating_a_finished_run_adds_its_rows_to_that_run(
+    features: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """``ablate`` records no new run and replaces no model, shows progress, and gives the rows
+    ``train --ablate`` gives (issue 29, item 5)."""
+    import logging
+
+    groups = ("metadata", "patient", "embedding", "probe")
+    config = Stage2Config(features_dir=features, out_dir=tmp_path / "s2", n_components=4,
+                          feature_groups=groups, **FAST | {"report": True})  # fmt: skip
+    run = run_training(config)
+    stage2 = config.stage2_dir
+    model_before = (stage2 / "model" / "model.json").read_bytes()
+    with caplog.at_level(logging.INFO):
+        assert main(["ablate", "--out", str(stage2)]) == 0
+    assert "ablation 5/5: without embedding+probe" in caplog.text
+    assert "embedding+probe" in capsys.readouterr().out
+    assert len(pd.read_csv(stage2 / RUNS_FILE)) == 1
+    assert (stage2 / "model" / "model.json").read_bytes() == model_before
+    kept = read_evidence(stage2, run.run_id).metrics["ablation"]
+    assert json.loads((stage2 / "metrics.json").read_text())["ablation"] == kept
+    assert "| embedding+probe |" in (stage2 / "report" / "report.md").read_text()
+    direct = run_training(replace(config, out_dir=tmp_path / "direct", ablate=True)).metrics
+    expected = {r["group"]: r["delta_auc"] for r in direct["ablation"]["groups"]}
+    assert {r["group"]: r["delta_auc"] for r in kept["groups"]} == pytest.approx(expected, abs=1e-6)
