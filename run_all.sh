@@ -29,6 +29,9 @@ Usage: ./run_all.sh [options]
                       CSVs named here are read (--test-csv for a test split; needs --out)
   --test-csv CSV      the test CSV, when it is not DATA/test.csv
   --images DIR        where the images are when not in DATA's Kaggle places
+  --channel-order O   auto (default): judge each source's colours and swap red and blue back
+                      where they are clearly swapped (refuses on mixed evidence); rgb: as stored;
+                      bgr: red and blue swapped
   --skip-missing      embed the images present when some named in the CSV are missing (default: error)
   --max-failures N    images that may fail to decode before stage 1 stops (default 0)
   --extra-data DIR    extra labelled training data (Kaggle layout, or the ISIC 2019 layout with
@@ -76,6 +79,7 @@ while [ $# -gt 0 ]; do
     --train-csv) need "$@"; TRAIN_CSV="$(from_caller "$2")"; STAGE1_ARGS+=(--train-csv "$TRAIN_CSV"); shift 2 ;;
     --test-csv) need "$@"; STAGE1_ARGS+=(--test-csv "$(from_caller "$2")"); SEEN_TEST_CSV=1; shift 2 ;;
     --images) need "$@"; STAGE1_ARGS+=(--images "$(from_caller "$2")"); EXPERT_EXTRA+=(--images "$(from_caller "$2")"); shift 2 ;;
+    --channel-order) need "$@"; STAGE1_ARGS+=(--channel-order "$2"); shift 2 ;;
     --skip-missing) STAGE1_ARGS+=(--skip-missing); shift ;;
     --max-failures) need "$@"; STAGE1_ARGS+=(--max-failures "$2"); shift 2 ;;
     --extra-data) need "$@"; EXTRA_ARGS+=(--extra-data "$(from_caller "$2")"); TRAINING_FLAGS+=("$1"); shift 2 ;;

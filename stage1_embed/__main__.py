@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -14,6 +15,8 @@ from .decode import DEFAULT_MAX_PIXELS
 from .errors import ConfigError
 from .extract import TTA_VIEWS
 from .sources import SOURCES
+
+logger = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,6 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--tta", default="", help=f"comma-separated extra views averaged in: {','.join(TTA_VIEWS)}"
+    )
+    p.add_argument(
+        "--channel-order",
+        default="auto",
+        choices=["auto", "rgb", "bgr"],
+        help="how the images store their colours: auto (default) judges each source and swaps "
+        "red and blue back where they are clearly swapped, refusing on mixed evidence; rgb: as "
+        "the format says; bgr: red and blue swapped (written from OpenCV arrays)",
     )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
@@ -142,6 +153,10 @@ def config_from_args(args: argparse.Namespace) -> Stage1Config:
 
         model = model_backbones(args.model)
         backbones = tuple(b.spec for b in model)
+        if args.channel_order == "auto" and not all(b.natural_colours for b in model):
+            logger.warning("the model predates colour-order checks: it saw its training images "
+                           "as stored, so these are used as stored too (--channel-order rgb)")  # fmt: skip
+            args.channel_order = "rgb"
         tta = model[0].tta if model else ()
         scoring = {"model_dir": args.model, "skip_missing": True, "max_failures": 10**9,
                    "precision": model[0].precision if model and model[0].precision != "fp32" else "auto"}  # fmt: skip
@@ -177,6 +192,7 @@ def config_from_args(args: argparse.Namespace) -> Stage1Config:
         progress=not args.no_progress,
         extra_data=tuple(args.extra_data),
         drop_extra_duplicates=args.drop_extra_duplicates,
+        channel_order=args.channel_order,
     )
     config = replace(config, **scoring) if scoring else config
     _ = config.root  # no data named at all: an error before anything is read or written

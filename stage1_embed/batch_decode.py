@@ -108,6 +108,8 @@ class BatchDecoder:
             [i for i, _ in raw.encoded], [t for _, t in raw.encoded]
         ):
             if isinstance(decoded, torch.Tensor):
+                if self.source.swapped(self.refs[index].split):  # as ImageSource.load does
+                    decoded = decoded.flip(0)
                 images[index] = self.preprocess(decoded)
             else:  # torchvision refused it: the CPU decoder gets its chance, and the last word
                 _, pixels, error = self.fallback[index]

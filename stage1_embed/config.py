@@ -48,6 +48,7 @@ class Stage1Config:
     )
     engine: str = "auto"  # auto | torch | onnx (engines.py): ONNX Runtime on CPU by default
     model_dir: Path | None = None  # scoring: the saved model's backbones and preprocessing
+    channel_order: str = "auto"  # auto | rgb | bgr: the images' stored channel order (colour.py)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.chunk_size < 1:
@@ -69,6 +70,8 @@ class Stage1Config:
             raise ConfigError(f"--decode {self.decode!r}: use auto, pil or torchvision.")
         if self.engine not in ("auto", "torch", "onnx"):
             raise ConfigError(f"--engine {self.engine!r}: use auto, torch or onnx.")
+        if self.channel_order not in ("auto", "rgb", "bgr"):
+            raise ConfigError(f"--channel-order {self.channel_order!r}: use auto, rgb or bgr.")
         if self.max_failures < 0:
             raise ConfigError("--max-failures must be 0 or more.")
 

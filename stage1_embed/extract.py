@@ -40,8 +40,7 @@ class ImageDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str]:
         ref = self.refs[index]
         try:
-            data = self.source.read_bytes(ref)
-            decoded = self.source.decode(data, min_side=self.preprocess.min_side)
+            decoded = self.source.load(ref, min_side=self.preprocess.min_side)
             return index, self.preprocess(decoded.image), ""
         except ImageReadError as err:
             return index, None, str(err)

@@ -7,12 +7,14 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from filelock import FileLock, Timeout
 
 from .backbones import Backbone, BackboneSpec, create_backbone, parse_backbone_spec
 from .batch_decode import resolve_decode
+from .colour import judge_source, resolve_orders
 from .common import atomic_path, atomic_write_text, file_sha256
 from .config import Stage1Config
 from .engines import resolve_engine
@@ -42,7 +44,7 @@ from .scoring import (
     weights_missing,
 )
 from .shards import ShardPlan
-from .sources import create_source
+from .sources import ImageRef, ImageSource, create_source
 
 logger = logging.getLogger(__name__)
 _LISTED = 10
@@ -58,6 +60,7 @@ class Stage1Summary:
     complete: bool = True
     extras: list[Stage1Summary] = field(default_factory=list)  # one per --extra-data folder
     n_unreadable_files: int = 0  # failed before any backbone: missing, empty, a bad header
+    colours: dict[str, dict[str, Any]] = field(default_factory=dict)  # split -> colour verdict
 
 
 def run_stage1(config: Stage1Config) -> Stage1Summary:
@@ -165,9 +168,12 @@ def _run_locked(config: Stage1Config, out: Path) -> Stage1Summary:
     _save_cross_check(scan, out)
     fingerprint = input_fingerprint(scan.manifest)
     refs = [scan.refs[k] for k in sorted(scan.refs)]
-    settings = _embed_settings(config, source.format_name)
+    colours = _channel_orders(config, source, refs)
+    settings = replace(_embed_settings(config, source.format_name),
+                       channel_orders=tuple(sorted(source.channel_orders.items())))  # fmt: skip
     summary = Stage1Summary(out, len(refs), source.format_name)
     summary.n_unreadable_files = int((scan.manifest["read_status"] == "failed").sum())
+    summary.colours = colours
     plan = ShardPlan(out) if config.num_shards > 1 else None
     if plan is not None:
         plan.join(config.shard_index, {"num_shards": config.num_shards, "input_fingerprint":
@@ -183,7 +189,7 @@ def _run_locked(config: Stage1Config, out: Path) -> Stage1Summary:
     failures = _all_failures(scan, summary.results)
     summary.n_failures = len(failures)
     summary.complete = all(r.status != "waiting-for-shards" for r in summary.results)
-    _write_manifest(scan, config, fingerprint, failures, skipped)
+    _write_manifest(scan, config, fingerprint, failures, skipped, colours)
     _check_failure_limit(failures, config.max_failures, out)
     for result in summary.results:
         if result.status == "computed" and result.parts is not None:
@@ -196,6 +202,19 @@ def _run_locked(config: Stage1Config, out: Path) -> Stage1Summary:
         score_model_experts(config.model_dir, out, config.root, config.images_dir,
                             config.image_format, settings.device, config.weights_dir, config.progress)  # fmt: skip
     return summary
+
+
+def _channel_orders(
+    config: Stage1Config, source: ImageSource, refs: list[ImageRef]
+) -> dict[str, dict[str, Any]]:
+    """Judge each split's colour order (a sample of its images), settle the stored order per
+    split (colour.resolve_orders) and set it on ``source``; returns what the manifest records."""
+    verdicts = {split: judge_source(source, [r for r in refs if r.split == split])
+                for split in sorted({r.split for r in refs})}  # fmt: skip
+    source.channel_orders = resolve_orders(config.channel_order, verdicts)
+    return {split: v.to_json() | {"stored": source.channel_orders[split],
+                                  "requested": config.channel_order}
+            for split, v in verdicts.items()}  # fmt: skip
 
 
 def _backbone(spec: BackboneSpec, config: Stage1Config, expected: ModelBackbone | None) -> Backbone:
@@ -285,6 +304,7 @@ def _all_failures(scan: ScanResult, results: list[BackboneResult]) -> dict[tuple
 def _write_manifest(
     scan: ScanResult, config: Stage1Config, fingerprint: str,
     failures: dict[tuple[str, str], str], skipped: list[str] | None = None,
+    colours: dict[str, dict[str, Any]] | None = None,
 ) -> None:  # fmt: skip
     """The manifest; ``skipped``: a folder with no CSV was scored (patients made from image
     names), with notes on the files it left out."""
@@ -306,6 +326,7 @@ def _write_manifest(
         "test_csv": str(config.test_csv_path) if config.test_csv_path else None,
         "backbones": list(config.backbones),
         "n_dropped_missing": scan.n_dropped_missing,
+        "channel_order": colours or {},
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     write_manifest(manifest, config.out_dir, provenance)
@@ -349,6 +370,11 @@ def format_summary(summary: Stage1Summary) -> str:
     lines.append(
         f"features: {summary.out_dir} ({summary.n_images} images, {summary.n_failures} unreadable)"
     )
+    for split, entry in summary.colours.items():
+        if entry["stored"] == "bgr" or entry["verdict"] != "rgb":
+            action = "swapped back to RGB" if entry["stored"] == "bgr" else "used as stored"
+            lines.append(f"colours of the {split} images: {entry['verdict']} ({entry['reason']}); "
+                         f"{action}")  # fmt: skip
     for extra in summary.extras:
         lines.append(f"extra training data ({extra.out_dir}):")
         lines.append(format_summary(extra))

@@ -64,6 +64,7 @@ class EmbedSettings:
     decode: str = (
         "pil"  # pil (CPU, in workers) | torchvision (batched, on the device; batch_decode.py)
     )
+    channel_orders: tuple[tuple[str, str], ...] = ()  # (split, stored order): colour.py
 
 
 @dataclass
@@ -100,6 +101,7 @@ def backbone_provenance(
         "precision": settings.precision,
         "engine": settings.engine,
         "decode": settings.decode,
+        "channel_order": dict(settings.channel_orders),
         "resize": RESIZE_ENGINE,
         "chunk_size": settings.chunk_size,
         "input_fingerprint": fingerprint,

@@ -38,6 +38,7 @@ class ModelBackbone:
     chunk_size: int
     sha256: str | None
     location: str | None
+    natural_colours: bool = True  # False: a model from before colour order was checked
 
     @property
     def input_size(self) -> int:
@@ -66,7 +67,8 @@ def model_backbones(model_dir: Path) -> list[ModelBackbone]:
     return [
         ModelBackbone(p["backbone_spec"], slug, p["preprocessing"], tuple(p.get("tta_views") or ()),
                       p.get("precision") or "fp32", int(p.get("chunk_size") or 1024),
-                      (p.get("weights") or {}).get("sha256"), (p.get("weights") or {}).get("location"))
+                      (p.get("weights") or {}).get("sha256"), (p.get("weights") or {}).get("location"),
+                      "channel_order" in p)
         for slug, p in backbones.items()
     ]  # fmt: skip
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from .colour import stored_orders
 from .errors import DataError, ImageReadError
 from .schema import read_manifest
 from .sources import create_source
@@ -36,13 +37,14 @@ def make_thumbnails(
         raise DataError(f"{features_dir} has no stage1_config.json: thumbnails need to know where "
                         "stage 1 read the images. Rerun stage 1 into that folder.")  # fmt: skip
     config = json.loads(config_path.read_text())
-    manifest, _ = read_manifest(features_dir)
+    manifest, provenance = read_manifest(features_dir)
     formats = set(manifest["source_format"].dropna()) - {"none"}
     if not formats:
         return {key: "no images (a metadata-only run)" for key in images}
     images_dir = config.get("images_dir")
     source = create_source(Path(config.get("data_dir_resolved") or config["data_dir"]), Path(images_dir) if images_dir else None,
-                           formats.pop(), int(config.get("max_pixels") or 150_000_000))  # fmt: skip
+                           formats.pop(), int(config.get("max_pixels") or 150_000_000),
+                           stored_orders(provenance))  # fmt: skip
     wanted: dict[str, set[str]] = {}
     for split, name in images:
         wanted.setdefault(split, set()).add(name)
@@ -54,7 +56,7 @@ def make_thumbnails(
             out[key] = "image not found where stage 1 read it"
             continue
         try:
-            decoded = source.decode(source.read_bytes(ref), min_side=side)
+            decoded = source.load(ref, min_side=side)
         except (ImageReadError, OSError) as err:
             out[key] = f"unreadable: {err}"
             continue

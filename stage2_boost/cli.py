@@ -202,6 +202,7 @@ def format_run_summary(metrics: dict, out: Path) -> str:
     lines.append(f"  blend  OOF AUC {metrics['oof_auc']:.4f} [{low:.4f}, {high:.4f}]")
     if metrics.get("chance"):
         lines.append(f"  CHANCE LEVEL: {metrics['chance']}")
+    lines += [f"  colours: {note}" for note in metrics.get("colours") or []]
     cal = metrics["calibration"]
     lines.append(f"  calibrated probability: Brier {cal['brier']:.4f} (base rate {cal['brier_base_rate']:.4f}), "
                  f"ECE {cal['ece']:.4f}; model saved to {metrics['model']['folders'][0]}")  # fmt: skip

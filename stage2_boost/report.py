@@ -227,6 +227,7 @@ def _markdown(metrics: dict[str, Any], subgroups: pd.DataFrame) -> str:
         f"tuned on (seed {metrics['folds']['tuning_seed']}). The best tuning CV AUC, which selection "
         f"flatters, was {_fmt(metrics['tuning_auc'])}.", "",
         *([f"**Chance level: {metrics['chance']}.**", ""] if metrics.get("chance") else []),
+        *[f"Colours: {note}." for note in metrics.get("colours") or []], "",
         "| model | OOF AUC | 95% CI | tuning AUC | rounds | trials in study | study |", "| --- | --- | --- | --- | --- | --- | --- |",
     ]  # fmt: skip
     for name, m in metrics["models"].items():

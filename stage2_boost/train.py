@@ -324,7 +324,8 @@ def _extra_summary(data: StageData, extra_rows: np.ndarray) -> dict[str, Any]:
 
 
 _MODEL_PROVENANCE = ("backbone_spec", "slug", "architecture", "num_features", "weights", "pretrained",
-                     "preprocessing", "tta_views", "precision", "engine", "chunk_size", "settings_hash")  # fmt: skip
+                     "preprocessing", "tta_views", "precision", "engine", "chunk_size", "settings_hash",
+                     "channel_order")  # fmt: skip
 
 
 def _save_models(
@@ -499,6 +500,7 @@ def _metrics(
         "n_features": feature_set["n_features"],
         "data_fingerprint": feature_set["data_fingerprint"],
         "dataset": data.dataset,
+        "colours": colour_notes(data.provenance) if data.embeddings else [],
         "folds": {
             "n_folds": config.n_folds,
             "tuning_seed": config.seed,
@@ -508,6 +510,20 @@ def _metrics(
         "storage": mask_url(config.storage_url),
         "config": config.to_json(),
     }
+
+
+def colour_notes(provenance: dict[str, Any]) -> list[str]:
+    """One line per split whose stored colour order stage 1 settled other than plainly RGB."""
+    notes = []
+    for split, entry in (provenance.get("channel_order") or {}).items():
+        if entry.get("stored") == "bgr":
+            how = "detected" if entry.get("requested") == "auto" else "as --channel-order bgr says"
+            notes.append(f"{split} images store red and blue swapped ({how}: {entry.get('reason')}); "
+                         "stage 1 swapped them back")  # fmt: skip
+        elif entry.get("verdict") in ("undetermined", "mixed") or entry.get("disagreeing"):
+            notes.append(f"{split} images: colour order {entry.get('verdict')} "
+                         f"({entry.get('reason')}), used as {entry.get('stored')}")  # fmt: skip
+    return notes
 
 
 def _oof_metrics(

@@ -58,7 +58,7 @@ class ImageStore:
     def _decode(self, index: int) -> torch.Tensor:
         source, ref = self.items[index]
         try:
-            decoded = source.decode(source.read_bytes(ref), min_side=self.size)
+            decoded = source.load(ref, min_side=self.size)
         except (ImageReadError, OSError) as err:
             raise ImageReadError(f"{ref.split}/{ref.image_name}: {err}") from err
         return self.preprocess(decoded.image)

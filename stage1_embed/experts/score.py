@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from ..backbones import create_backbone, parse_backbone_spec
+from ..colour import stored_orders
 from ..common import atomic_path, file_sha256
 from ..errors import WeightsError
 from ..schema import METADATA_KEY, read_manifest
@@ -41,9 +42,10 @@ def score_model_experts(
     experts: dict[str, dict[str, Any]] = manifest_json.get("experts") or {}
     if not experts:
         return []
-    manifest, _ = read_manifest(out_dir)
+    manifest, provenance = read_manifest(out_dir)
     usable = manifest[manifest["read_status"] == "ok"]  # images that were read
-    source = create_source(data_dir, images_dir, image_format)
+    source = create_source(data_dir, images_dir, image_format,
+                           channel_orders=stored_orders(provenance))  # fmt: skip
     refs = source.index({s: set(g["image_name"]) for s, g in usable.groupby("split")})
     keys = [
         (s, n) for s, n in zip(usable["split"], usable["image_name"], strict=True) if (s, n) in refs

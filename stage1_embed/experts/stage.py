@@ -30,6 +30,7 @@ from filelock import FileLock
 from safetensors.torch import save_file
 
 from ..backbones import Backbone, create_backbone, parse_backbone_spec
+from ..colour import stored_orders
 from ..common import atomic_path
 from ..errors import ConfigError, DataError
 from ..folds import load_or_make_eval_folds
@@ -137,11 +138,11 @@ def _rows(config: ExpertConfig) -> pd.DataFrame:
         *[(extra_features_dir(config.out_dir, e), e, _extra_images(config.out_dir, e), "auto", True)
           for e in config.extra_data],
     ]:  # fmt: skip
-        manifest, _ = read_manifest(folder)
+        manifest, provenance = read_manifest(folder)
         usable = manifest[manifest["read_status"].isin(USABLE_STATUSES)]
         if extra:
             usable = usable[usable["split"] == "train"]
-        source = create_source(data_dir, images, fmt)
+        source = create_source(data_dir, images, fmt, channel_orders=stored_orders(provenance))
         refs = source.index({s: set(g["image_name"]) for s, g in usable.groupby("split")})
         missing = [
             f"{s}/{n}"

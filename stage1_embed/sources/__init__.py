@@ -31,8 +31,10 @@ def create_source(
     images_dir: Path | None = None,
     image_format: str = "auto",
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    channel_orders: dict[str, str] | None = None,
 ) -> ImageSource:
-    """The image source of a dataset: ``image_format`` forces one, 'auto' detects it."""
+    """The image source of a dataset: ``image_format`` forces one, 'auto' detects it;
+    ``channel_orders``: split -> stored channel order ('bgr': red and blue swapped)."""
     if image_format != "auto" and image_format not in SOURCES:
         raise ConfigError(
             f"Unknown image format {image_format!r}; choose one of {['auto', *SOURCES]}."
@@ -41,7 +43,9 @@ def create_source(
     for name, root in candidates:
         if image_format in ("auto", name) and SOURCES[name].looks_like(root):
             logger.info("reading %s images from %s", name, root)
-            return SOURCES[name](root, max_pixels)
+            source = SOURCES[name](root, max_pixels)
+            source.channel_orders = dict(channel_orders or {})
+            return source
     tried = ", ".join(f"{name} in {root}" for name, root in candidates)
     wanted = "any format" if image_format == "auto" else f"{image_format} images"
     raise DataError(

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from PIL import Image
+
 from ..decode import DEFAULT_MAX_PIXELS, DecodedImage
 
 ImageKey = tuple[str, str]  # (split, image_name)
@@ -44,6 +46,22 @@ class ImageSource(ABC):
     def __init__(self, root: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         self.root = Path(root)
         self.max_pixels = max_pixels
+        # split -> "bgr" where that split's files store red and blue swapped (colour.py)
+        self.channel_orders: dict[str, str] = {}
+
+    def swapped(self, split: str) -> bool:
+        """True when ``split``'s images store red and blue swapped, so :meth:`load` swaps them."""
+        return self.channel_orders.get(split) == "bgr"
+
+    def load(self, ref: ImageRef, min_side: int | None = None) -> DecodedImage:
+        """One image as RGB in its natural colours: the one place every reader (embedding,
+        thumbnails, experts, scoring) turns a stored image into pixels, so all see the same."""
+        decoded = self.decode(self.read_bytes(ref), min_side=min_side)
+        if not self.swapped(ref.split):
+            return decoded
+        red, green, blue = decoded.image.split()
+        image = Image.merge("RGB", (blue, green, red))
+        return DecodedImage(image, decoded.original_width, decoded.original_height)
 
     @classmethod
     @abstractmethod
@@ -64,7 +82,8 @@ class ImageSource(ABC):
 
     @abstractmethod
     def decode(self, data: bytes, min_side: int | None = None) -> DecodedImage:
-        """Decode stored bytes to RGB uint8 (``min_side`` allows reduced-size JPEG decoding)."""
+        """Decode stored bytes to RGB uint8 as the format says (``min_side`` allows reduced-size
+        JPEG decoding); :meth:`load` also undoes a split's swapped channels."""
 
     def describe(self) -> str:
         return f"{self.format_name} images under {self.root}"

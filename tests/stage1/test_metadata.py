@@ -141,15 +141,3 @@ def test_an_empty_test_csv_says_it_may_be_deleted(tmp_path: Path, text: str) -> 
     path.write_text(text)
     with pytest.raises(DataError, match=r"or delete test\.csv"):
         read_split_csv(path, "test")
-
-
-def test_few_positives_are_one_warning_per_split_naming_it(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    from stage1_embed.folds import make_folds
-
-    table = tiny_table(n_patients=12, per_patient=3)  # 9 malignant over 5 folds: 1-2 per fold
-    with caplog.at_level(logging.WARNING):
-        make_folds(table, 5, 0, "folds_eval.parquet")
-    lines = [r.getMessage() for r in caplog.records if "malignant" in r.getMessage()]
-    assert len(lines) == 1 and lines[0].startswith("folds_eval.parquet (seed 0): fold 0 has")
