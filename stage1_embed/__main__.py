@@ -22,7 +22,8 @@ logger = logging.getLogger(__name__)
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m stage1_embed",
-        description="Stage 1: pooled embeddings of every image from pretrained timm CNNs, to Parquet.",
+        description="Stage 1: pooled embeddings of every image from pretrained timm CNNs, to Parquet. "
+        "`python -m stage1_embed check --help`: the data check alone.",
         epilog=f"Backbone forms: {SPEC_FORMS}. Stronger hub preset (needs internet): "
         + ",".join(HUB_PRESET),
     )
@@ -200,6 +201,11 @@ def config_from_args(args: argparse.Namespace) -> Stage1Config:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["check"]:  # python -m stage1_embed check: the data check alone (check.py)
+        from .check import main as check_main
+
+        return check_main(argv[1:])
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
 

@@ -17,6 +17,7 @@ from .batch_decode import resolve_decode
 from .colour import judge_source, resolve_orders
 from .common import atomic_path, atomic_write_text, file_sha256
 from .config import Stage1Config
+from .data_check import cheap_checks, write_data_check
 from .engines import resolve_engine
 from .errors import DataError, OutputError, WeightsError
 from .extra import (
@@ -162,6 +163,7 @@ def _run_locked(config: Stage1Config, out: Path) -> Stage1Summary:
     if not specs:
         scan = metadata_only_manifest(table)
         _write_manifest(scan, config, "metadata-only", {}, skipped)
+        write_data_check(out, cheap_checks(scan.manifest, {}))
         return Stage1Summary(out, len(table), None)
     source = create_source(config.root, config.images_dir, config.image_format, config.max_pixels)
     scan = scan_dataset(table, source, skip_missing=config.skip_missing, out=out)
@@ -169,6 +171,7 @@ def _run_locked(config: Stage1Config, out: Path) -> Stage1Summary:
     fingerprint = input_fingerprint(scan.manifest)
     refs = [scan.refs[k] for k in sorted(scan.refs)]
     colours = _channel_orders(config, source, refs)
+    write_data_check(out, cheap_checks(scan.manifest, colours))
     settings = replace(_embed_settings(config, source.format_name),
                        channel_orders=tuple(sorted(source.channel_orders.items())))  # fmt: skip
     summary = Stage1Summary(out, len(refs), source.format_name)

@@ -20,7 +20,7 @@ from PIL import Image
 from .colour import stored_orders
 from .errors import DataError, ImageReadError
 from .schema import read_manifest
-from .sources import create_source
+from .sources import ImageRef, ImageSource, create_source
 
 logger = logging.getLogger(__name__)
 THUMBNAIL_SIDE = 128
@@ -49,14 +49,24 @@ def make_thumbnails(
     for split, name in images:
         wanted.setdefault(split, set()).add(name)
     refs = source.index(wanted)
+    missing = {key: "image not found where stage 1 read it" for key in images if key not in refs}
+    return missing | source_thumbnails(source, [refs[k] for k in images if k in refs], side)
+
+
+def source_thumbnails(
+    source: ImageSource, refs: Sequence[ImageRef], side: int = THUMBNAIL_SIDE,
+    as_stored: bool = False,
+) -> dict[tuple[str, str], bytes | str]:  # fmt: skip
+    """A thumbnail (or why there is none) per (split, image_name) of ``refs``, in the colours
+    stage 1 uses (``as_stored``: as the files store them, before any channel swap)."""
     out: dict[tuple[str, str], bytes | str] = {}
-    for key in images:
-        ref = refs.get(key)
-        if ref is None:
-            out[key] = "image not found where stage 1 read it"
-            continue
+    for ref in refs:
+        key = (ref.split, ref.image_name)
         try:
-            decoded = source.load(ref, min_side=side)
+            if as_stored:
+                decoded = source.decode(source.read_bytes(ref), min_side=side)
+            else:
+                decoded = source.load(ref, min_side=side)
         except (ImageReadError, OSError) as err:
             out[key] = f"unreadable: {err}"
             continue

@@ -6,7 +6,6 @@ no image or patient name can inject markup."""
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import jinja2
 import pandas as pd
 
 from stage1_embed.common import atomic_write_text
+from stage1_embed.pages import page_environment
 
 from .compare import delta_text
 from .features import feature_group_of
@@ -28,15 +28,7 @@ PLOTS = (("ROC curves", "roc.png"), ("AUC per fold", "fold_auc.png"),
 
 
 def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.PackageLoader("stage2_boost", "templates"),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-    )
-    env.filters["data_uri"] = lambda data, kind="image/jpeg": (
-        f"data:{kind};base64,{base64.b64encode(data).decode()}"
-    )
-    return env
+    return page_environment("stage2_boost")
 
 
 def write_report_html(folder: Path, metrics: dict[str, Any], importance: pd.DataFrame,

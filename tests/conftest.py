@@ -73,6 +73,7 @@ def tiny_pixels(n: int, size: int = 48, seed: int = 0) -> list[np.ndarray]:
     for i in range(n):
         xx = np.mgrid[0:size, 0:size][1]
         base = rng.integers(40, 200, 3)
+        base[0] = max(base[0], base[2] + 25)  # red-dominant, as dermoscopy is (colour.py)
         img = np.clip(
             base + 40 * np.sin(xx / (3 + i % 5))[..., None] + rng.normal(0, 8, (size, size, 3)),
             0,

@@ -157,3 +157,18 @@ def test_a_rerun_reuses_the_thumbnails_it_made(
     first = galleries.cached_thumbnails(cache, demo_run["features"], data, names)
     again = galleries.cached_thumbnails(cache, demo_run["features"], data, names)
     assert len(calls) == 1 and first == again and all(isinstance(v, bytes) for v in again.values())
+
+
+def test_data_check_html_opens_offline_with_every_image(tiny_dataset: Path, tmp_path: Path) -> None:
+    """The check command's page: every thumbnail decodes, nothing is fetched."""
+    from stage1_embed.check import run_check
+
+    train = pd.read_csv(tiny_dataset / "train.csv")
+    folder = tiny_dataset / "jpeg" / "train"
+    shutil.copy(folder / f"{train['image_name'][0]}.jpg", folder / f"{train['image_name'][5]}.jpg")
+    run_check(Stage1Config(data_dir=tiny_dataset, out_dir=tmp_path / "check"))
+    found = open_offline(tmp_path / "check" / "data_check.html", "data_check.png")
+    assert found["errors"] == [] and found["requests"] == []
+    assert found["images"] >= 2 + 2 * 3 and found["broken"] == 0  # the pair, colour samples
+    assert found["rows"] >= 2  # the colour table: train and test
+    assert found["pixel_std"] > 10, f"blank screenshot? {found['screenshot']}"

@@ -1,0 +1,166 @@
+"""Know the data before it trains: what a dataset holds that no AUC will show.
+
+One result, written as ``OUT/data_check.json`` (and, by ``python -m stage1_embed check``, as
+``OUT/data_check.html`` with the images of every finding), shaped like cleanlab's Datalab
+report: a fixed set of checks, each with its findings and a one-line summary.
+
+- ``channel_order``: each source's colour order (colour.py).
+- ``near_duplicates``: image pairs that are the same picture. Today: identical bytes (the
+  manifest's content digests), similarity 1.0; each pair says whether it crosses patients or
+  splits, and whether the two labels differ.
+- ``metadata``: one patient with two sexes, or ages within a patient too far apart to be one
+  person's visits.
+- ``shortcut``: how well the acquisition fields alone (image width and height, file size,
+  format) rank the label, patient-grouped out of fold, with a patient-bootstrap interval.
+
+Every stage 1 run writes the cheap checks (colour order from a sample, duplicates, metadata);
+the check command adds every image's colour, the shortcut model and the page.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .common import atomic_write_text
+
+logger = logging.getLogger(__name__)
+DATA_CHECK_JSON = "data_check.json"
+AGE_SPREAD = 25  # years between a patient's youngest and oldest image: not one person's visits
+SHORTCUT_WARNING = 0.6  # lower bound of the acquisition-only AUC above which a model can cheat
+_FIELDS = ("width", "height", "file_size", "source_format")
+
+
+def near_duplicates(manifest: pd.DataFrame) -> list[dict[str, Any]]:
+    """Every pair of images with identical stored bytes, flagged by what it crosses."""
+    usable = manifest[manifest["content_sha256"].notna()]
+    pairs = []
+    for digest, group in usable.groupby("content_sha256", sort=True):
+        if len(group) < 2:
+            continue
+        for (_, a), (_, b) in itertools.combinations(group.iterrows(), 2):
+            pairs.append({
+                "image_a": a["image_name"], "image_b": b["image_name"],
+                "split_a": a["split"], "split_b": b["split"],
+                "patient_a": a["patient_id"], "patient_b": b["patient_id"],
+                "similarity": 1.0, "method": "content digest (identical bytes)",
+                "same_patient": a["patient_id"] == b["patient_id"],
+                "crosses_splits": a["split"] != b["split"],
+                "labels_differ": _labels_differ(a["target"], b["target"]),
+                "sha256": str(digest)[:16],
+            })  # fmt: skip
+    return pairs
+
+
+def _labels_differ(a: Any, b: Any) -> bool:
+    return bool(pd.notna(a) and pd.notna(b) and int(a) != int(b))
+
+
+def metadata_conflicts(manifest: pd.DataFrame) -> list[dict[str, Any]]:
+    """Patients whose rows disagree: two sexes, or an age spread no series of visits has."""
+    found = []
+    for patient, rows in manifest.groupby("patient_id", sort=True):
+        sexes = sorted(set(rows["sex"].dropna()))
+        if len(sexes) > 1:
+            found.append({"patient_id": patient, "problem": "more than one sex",
+                          "values": sexes, "images": rows["image_name"].tolist()[:12]})  # fmt: skip
+        ages = rows["age_approx"].dropna()
+        if len(ages) and ages.max() - ages.min() > AGE_SPREAD:
+            found.append({"patient_id": patient, "problem": f"ages {ages.min():g} to {ages.max():g} "
+                          f"(more than {AGE_SPREAD} years apart)", "values": sorted(set(ages)),
+                          "images": rows["image_name"].tolist()[:12]})  # fmt: skip
+    return found
+
+
+def shortcut(manifest: pd.DataFrame, n_boot: int = 200, seed: int = 0) -> dict[str, Any]:
+    """The label's AUC from the acquisition fields alone: a small gradient-boosted model,
+    patient-grouped 5-fold out of fold, with a patient-bootstrap 95% interval."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    rows = manifest[(manifest["split"] == "train") & manifest["target"].notna()
+                    & (manifest["read_status"] == "ok")]  # fmt: skip
+    target = rows["target"].astype(int).to_numpy()
+    n_pos = int(target.sum())
+    if n_pos < 5 or n_pos == len(target):
+        return {"auc": None, "reason": f"needs at least 5 malignant and 5 benign training "
+                f"images with their files read, these data have {n_pos} of {len(target)}"}  # fmt: skip
+    X = pd.DataFrame({f: rows[f] for f in _FIELDS}).assign(
+        source_format=lambda t: t["source_format"].astype("category").cat.codes
+    ).astype(float)  # fmt: skip
+    patients = rows["patient_id"].astype(str).to_numpy()
+    oof = np.zeros(len(rows))
+    folds = StratifiedGroupKFold(n_splits=min(5, n_pos), shuffle=True, random_state=seed)
+    for fit, valid in folds.split(X, target, patients):
+        model = HistGradientBoostingClassifier(max_iter=100, learning_rate=0.05, random_state=seed)
+        oof[valid] = model.fit(X.iloc[fit], target[fit]).predict_proba(X.iloc[valid])[:, 1]
+    auc = float(roc_auc_score(target, oof))
+    low, high = _patient_interval(target, oof, patients, n_boot, seed)
+    warn = low > SHORTCUT_WARNING
+    return {"auc": auc, "ci95": [low, high], "fields": list(_FIELDS), "warning": warn,
+            "reason": (f"image size, file size and format alone rank the label at AUC {auc:.3f} "
+                       f"[{low:.3f}, {high:.3f}]: " + ("a model can learn the clinic or camera "
+                       "instead of the lesion; keep the acquisition group out (the default) and "
+                       "compare subgroups" if warn else "no strong shortcut through them"))}  # fmt: skip
+
+
+def _patient_interval(
+    target: np.ndarray, score: np.ndarray, patients: np.ndarray, n_boot: int, seed: int
+) -> tuple[float, float]:
+    """95% percentile interval of the AUC with whole patients resampled (replicates that draw
+    one class only are skipped). Stage 2's vectorised version lives above stage 1's contract."""
+    from sklearn.metrics import roc_auc_score
+
+    codes, uniques = pd.factorize(patients)
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n_boot):
+        weights = np.bincount(rng.integers(0, len(uniques), len(uniques)), minlength=len(uniques))
+        w = weights[codes]
+        keep = w > 0
+        if target[keep].min() != target[keep].max():
+            values.append(roc_auc_score(target[keep], score[keep], sample_weight=w[keep]))
+    return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
+
+
+def cheap_checks(manifest: pd.DataFrame, colours: dict[str, Any]) -> dict[str, Any]:
+    """What every stage 1 run checks: colour order (a sample), duplicates and metadata."""
+    return {"channel_order": colours, "near_duplicates": near_duplicates(manifest),
+            "metadata": metadata_conflicts(manifest),
+            "shortcut": {"auc": None, "reason": "run python -m stage1_embed check"}}  # fmt: skip
+
+
+def summary_lines(result: dict[str, Any]) -> list[str]:
+    """What was found, one line per check that found something (nothing when all is well)."""
+    lines = []
+    pairs = result.get("near_duplicates") or []
+    crossing = [p for p in pairs if not p["same_patient"]]
+    if pairs:
+        lines.append(f"{len(pairs)} pair(s) of identical images, {len(crossing)} across patients, "
+                     f"{sum(p['crosses_splits'] for p in pairs)} across splits, "
+                     f"{sum(p['labels_differ'] for p in pairs)} with different labels")  # fmt: skip
+    conflicts = result.get("metadata") or []
+    if conflicts:
+        lines.append(f"{len(conflicts)} patient(s) with conflicting metadata, e.g. "
+                     f"{conflicts[0]['patient_id']}: {conflicts[0]['problem']}")  # fmt: skip
+    cut = result.get("shortcut") or {}
+    if cut.get("warning"):
+        lines.append(f"shortcut: {cut['reason']}")
+    return lines
+
+
+def write_data_check(out: Path, result: dict[str, Any]) -> Path:
+    """``OUT/data_check.json`` (atomically), and its findings in the log."""
+    path = Path(out) / DATA_CHECK_JSON
+    plain = lambda v: v.item() if isinstance(v, np.generic) else str(v)  # noqa: E731
+    atomic_write_text(path, json.dumps(result, indent=2, default=plain))
+    for line in summary_lines(result):
+        logger.warning("data check: %s (details: %s)", line, path)
+    return path
