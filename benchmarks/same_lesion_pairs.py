@@ -1,0 +1,83 @@
+"""Which signal finds the same lesion photographed twice? Precision and recall of image pairs
+against HAM10000's ``lesion_id``, on every image of the shared half of its lesions.
+
+    .venv/bin/python benchmarks/same_lesion_pairs.py --work /tmp/melanoma-lesions
+    .venv/bin/pip install imagehash   # optional: adds the perceptual-hash rows
+
+Candidates: the cosine similarity of stage 1's Lite0 embeddings (every pair, and only pairs whose
+age, sex and site agree, as a lesion's images do), and perceptual hashes (pHash, dHash, wHash:
+Hamming distance). Stage 1 runs once (cached under --work).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import SHARED, WEIGHTS, machine, require_shared
+from stage1_embed.config import Stage1Config
+from stage1_embed.pipeline import run_stage1
+
+LESIONS = SHARED / "data" / "ham10000_lesions"
+
+
+def rows(label: str, score: np.ndarray, same: np.ndarray, cuts: list[float]) -> list[str]:
+    """One table row per cut: pairs with ``score >= cut``."""
+    out = []
+    for cut in cuts:
+        found = score >= cut
+        hits = int((found & same).sum())
+        out.append(f"| {label} | {cut:g} | {int(found.sum())} | {hits / max(1, found.sum()):.3f} "
+                   f"| {hits / same.sum():.3f} |")  # fmt: skip
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/melanoma-lesions"))
+    args = parser.parse_args()
+    truth = pd.read_csv(require_shared(LESIONS) / "train.csv")
+    args.work.mkdir(parents=True, exist_ok=True)
+    csv = args.work / "one_patient_per_image.csv"
+    truth.assign(patient_id=truth["image_name"]).to_csv(csv, index=False)
+    out = args.work / "features"
+    run_stage1(Stage1Config(train_csv=csv, images_dir=LESIONS / "jpeg" / "train", out_dir=out,
+                            backbones=(f"local-dir:{WEIGHTS / 'tf_efficientnet_lite0'}",),
+                            progress=False))  # fmt: skip
+    emb = pd.read_parquet(out / "embeddings" / "tf_efficientnet_lite0.parquet")
+    t = truth.set_index("image_name").loc[emb["image_name"]]
+    x = np.stack(emb["embedding"].to_numpy()).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    upper = np.triu_indices(len(x), 1)
+    lesion = t["lesion_id"].to_numpy()
+    same = lesion[upper[0]] == lesion[upper[1]]
+    cosine = (x @ x.T)[upper]
+    key = (t["sex"].astype(str) + t["age_approx"].astype(str) + t["anatom_site_general_challenge"].astype(str)).to_numpy()
+    agree = key[upper[0]] == key[upper[1]]
+    print(f"machine: {machine()}; {len(x)} images, {len(lesion) - len(set(lesion))} repeat images, "
+          f"{int(same.sum())} same-lesion pairs")  # fmt: skip
+    print("| signal | threshold | pairs found | precision | recall |\n| --- | --- | --- | --- | --- |")
+    lines = rows("Lite0 cosine", cosine, same, [0.90, 0.94, 0.96])
+    lines += rows("Lite0 cosine, age/sex/site agree", np.where(agree, cosine, -1), same, [0.80, 0.88, 0.90])
+    try:
+        import imagehash
+        from PIL import Image
+    except ImportError:
+        lines.append("| perceptual hashes | - | - | - | - (pip install imagehash) |")
+    else:
+        for kind in ("phash", "dhash", "whash"):
+            bits = np.array([getattr(imagehash, kind)(Image.open(LESIONS / "jpeg" / "train" / f"{n}.jpg")).hash.ravel()
+                             for n in emb["image_name"]], dtype=np.float32)  # fmt: skip
+            distance = (bits @ (1 - bits).T + (1 - bits) @ bits.T)[upper]
+            lines += rows(f"{kind}, minus Hamming distance", -distance, same, [0, -2, -4])
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
