@@ -57,14 +57,28 @@ def main() -> None:
     upper = np.triu_indices(len(x), 1)
     lesion = t["lesion_id"].to_numpy()
     same = lesion[upper[0]] == lesion[upper[1]]
-    cosine = (x @ x.T)[upper]
-    key = (t["sex"].astype(str) + t["age_approx"].astype(str) + t["anatom_site_general_challenge"].astype(str)).to_numpy()
+    similarity = x @ x.T
+    np.fill_diagonal(similarity, -1)
+    cosine = similarity[upper]
+    repeats = pd.Series(lesion).map(pd.Series(lesion).value_counts()).to_numpy() > 1
+    first = (lesion[similarity.argmax(1)] == lesion)[repeats].mean()
+    print(f"the nearest image by Lite0 cosine is of the same lesion for {first:.1%} of the "
+          f"{int(repeats.sum())} images whose lesion has another image")  # fmt: skip
+    key = (
+        t["sex"].astype(str)
+        + t["age_approx"].astype(str)
+        + t["anatom_site_general_challenge"].astype(str)
+    ).to_numpy()
     agree = key[upper[0]] == key[upper[1]]
     print(f"machine: {machine()}; {len(x)} images, {len(lesion) - len(set(lesion))} repeat images, "
           f"{int(same.sum())} same-lesion pairs")  # fmt: skip
-    print("| signal | threshold | pairs found | precision | recall |\n| --- | --- | --- | --- | --- |")
+    print(
+        "| signal | threshold | pairs found | precision | recall |\n| --- | --- | --- | --- | --- |"
+    )
     lines = rows("Lite0 cosine", cosine, same, [0.90, 0.94, 0.96])
-    lines += rows("Lite0 cosine, age/sex/site agree", np.where(agree, cosine, -1), same, [0.80, 0.88, 0.90])
+    lines += rows(
+        "Lite0 cosine, age/sex/site agree", np.where(agree, cosine, -1), same, [0.80, 0.88, 0.90]
+    )
     try:
         import imagehash
         from PIL import Image
