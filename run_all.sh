@@ -39,6 +39,9 @@ Usage: ./run_all.sh [options]
                       part of every fold and never a validation fold
   --drop-extra-duplicates
                       drop extra images whose name is already in another source (default: error)
+  --no-merge-duplicates
+                      keep patients in separate fold groups even when they share an identical
+                      image (default: such patients share a fold)
   --device D          auto | cpu | cuda (default auto)
   --stage S           1 | 2 | all (default all); --stage 2 reuses the cached embeddings
   --experts LIST      also fine-tune these backbones inside the patient folds (the expert stage:
@@ -63,7 +66,7 @@ die() { echo "error: $*" >&2; echo "run ./run_all.sh --help for usage" >&2; exit
 need() { [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value"; }
 from_caller() { case "$1" in /*) echo "$1" ;; *) echo "$CALLER_DIR/$1" ;; esac; }
 
-STAGE1_ARGS=() TRAINING_FLAGS=() SCORING_FLAGS=() EXTRA_ARGS=() DROP_DUPLICATES=0 MODEL="" PREDICT_ARGS=() EXPERTS="" EXPERT_EXTRA=()
+STAGE1_ARGS=() STAGE2_EXTRA=() TRAINING_FLAGS=() SCORING_FLAGS=() EXTRA_ARGS=() DROP_DUPLICATES=0 MODEL="" PREDICT_ARGS=() EXPERTS="" EXPERT_EXTRA=()
 ABLATE=0 DATA="" TRAIN_CSV="" SEEN_TEST_CSV=0 OUT="" BACKBONES="" TRIALS=20 FEATURES="" TIMEOUT="" STORAGE="" WEIGHTS_DIR="" DEVICE=auto STAGE=all SMOKE=0
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -84,6 +87,7 @@ while [ $# -gt 0 ]; do
     --max-failures) need "$@"; STAGE1_ARGS+=(--max-failures "$2"); shift 2 ;;
     --extra-data) need "$@"; EXTRA_ARGS+=(--extra-data "$(from_caller "$2")"); TRAINING_FLAGS+=("$1"); shift 2 ;;
     --drop-extra-duplicates) DROP_DUPLICATES=1; TRAINING_FLAGS+=("$1"); shift ;;
+    --no-merge-duplicates) STAGE2_EXTRA+=(--no-merge-duplicates); EXPERT_EXTRA+=(--no-merge-duplicates); TRAINING_FLAGS+=("$1"); shift ;;
     --device) need "$@"; DEVICE="$2"; shift 2 ;;
     --stage) need "$@"; STAGE="$2"; shift 2 ;;
     --model) need "$@"; MODEL="$(from_caller "$2")"; shift 2 ;;
@@ -108,7 +112,7 @@ case "$DEVICE" in auto|cpu|cuda|cuda:*) ;; *) die "--device must be auto, cpu or
 source scripts/ensure_venv.sh
 START=$(date +%s)
 
-STAGE1_EXTRA=() STAGE2_EXTRA=()
+STAGE1_EXTRA=()
 if [ "$SMOKE" = 1 ]; then
   BACKBONES="${BACKBONES:-tf_efficientnet_lite0}"
   TRIALS=2

@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from .colour import judge_source
@@ -22,6 +23,7 @@ from .config import Stage1Config
 from .data_check import (
     metadata_conflicts,
     near_duplicates,
+    shift,
     shortcut,
     summary_lines,
     write_data_check,
@@ -31,6 +33,7 @@ from .extra import detect_extra, read_extra_table
 from .metadata import load_metadata
 from .pages import page_environment
 from .scan import ScanResult, scan_dataset
+from .schema import embeddings_path, extra_features_dir
 from .sources import SOURCES, ImageRef, ImageSource, create_source
 from .thumbnails import source_thumbnails
 
@@ -84,11 +87,63 @@ def run_check(config: Stage1Config) -> dict[str, Any]:
               "n_missing": sum(s.n_dropped_missing for _, s in scans.values()),
               "channel_order": colours, "near_duplicates": near_duplicates(every),
               "metadata": metadata_conflicts(scans["main"][1].manifest),
-              "shortcut": shortcut(scans["main"][1].manifest)}  # fmt: skip
+              "shortcut": shortcut(scans["main"][1].manifest),
+              "shift": _shifts(out, {name: s.manifest for name, (_, s) in scans.items()}, config)}  # fmt: skip
     result["seconds"] = round(time.perf_counter() - started, 1)
     write_data_check(out, result)
     write_check_page(out, result, scans)
     return result
+
+
+def _shifts(out: Path, manifests: dict[str, pd.DataFrame], config: Stage1Config) -> dict[str, Any]:
+    """Adversarial validation of train vs test and of the main data vs each extra set, on the
+    metadata and, where stage 1 already embedded both sides into OUT, on one backbone's
+    embeddings (the first by name)."""
+    main = manifests["main"]
+    pairs = {}
+    if (main["split"] == "test").any():
+        pairs["train vs test"] = (
+            main[main["split"] == "train"],
+            main[main["split"] == "test"],
+            out,
+            out,
+        )
+    for root in config.extra_data:
+        name = detect_extra(root).name
+        pairs[f"main vs {name}"] = (main[main["split"] == "train"], manifests[name],
+                                    out, extra_features_dir(out, root))  # fmt: skip
+    found = {}
+    for label, (a, b, folder_a, folder_b) in pairs.items():
+        both = pd.concat([a, b], ignore_index=True)
+        is_b = np.r_[np.zeros(len(a), int), np.ones(len(b), int)]
+        vectors, slug = _vectors(both, folder_a, folder_b, len(a))
+        keep = ~np.isnan(vectors).any(axis=1) if vectors is not None else np.ones(len(both), bool)
+        found[label] = shift(both[keep], is_b[keep], None if vectors is None else vectors[keep])
+        found[label]["backbone"] = slug
+    return found
+
+
+def _vectors(
+    both: pd.DataFrame, folder_a: Path, folder_b: Path, n_a: int
+) -> tuple[np.ndarray | None, str | None]:
+    """Each row's embedding from the stage 1 outputs of its side (NaN where it has none), from
+    the first backbone both sides have; (None, None) when they share none."""
+    slugs = sorted(p.stem for p in (folder_a / "embeddings").glob("*.parquet"))
+    slugs = [s for s in slugs if embeddings_path(folder_b, s).is_file()]
+    if not slugs:
+        return None, None
+    sides = []
+    for folder, rows in ((folder_a, both.iloc[:n_a]), (folder_b, both.iloc[n_a:])):
+        table = pd.read_parquet(embeddings_path(folder, slugs[0]))
+        lookup = dict(zip(zip(table["split"], table["image_name"], strict=True),
+                          table["embedding"], strict=True))  # fmt: skip
+        width = len(table["embedding"].iloc[0])
+        missing = np.full(width, np.nan, np.float32)
+        sides += [
+            np.asarray(lookup.get((s, n), missing), np.float32)
+            for s, n in zip(rows["split"], rows["image_name"], strict=True)
+        ]
+    return np.stack(sides), slugs[0]
 
 
 def write_check_page(

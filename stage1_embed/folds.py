@@ -27,13 +27,44 @@ _META_KEY = b"melanoma_stack_folds"
 FEW_POSITIVES = 5
 
 
-def make_folds(train: pd.DataFrame, n_folds: int, seed: int, name: str = "folds") -> np.ndarray:
-    """Fold number per row of ``train``: no patient in two folds, positives spread evenly
-    (``name``: what the warnings call this split, e.g. its file)."""
+def fold_groups(train: pd.DataFrame, merge_duplicates: bool = True) -> pd.Series:
+    """The group each image's fold follows: its patient; with ``merge_duplicates``, patients
+    that share an identical image (the same content digest under two patient ids) merged into
+    one group, so one picture never sits in two folds (it would inflate the out-of-fold AUC)."""
+    patients = train["patient_id"].astype(str)
+    if not merge_duplicates or "content_sha256" not in train.columns:
+        return patients.rename("group")
+    parent = {p: p for p in patients.unique()}
+
+    def root(p: str) -> str:
+        while parent[p] != p:
+            parent[p] = parent[parent[p]]
+            p = parent[p]
+        return p
+
+    digests = train["content_sha256"]
+    shared = patients[digests.notna()].groupby(digests[digests.notna()]).unique()
+    for members in shared[shared.map(len) > 1]:
+        roots = sorted(root(p) for p in members)
+        for other in roots[1:]:
+            parent[other] = roots[0]
+    return patients.map(root).rename("group")
+
+
+def make_folds(
+    train: pd.DataFrame, n_folds: int, seed: int, name: str = "folds",
+    groups: pd.Series | None = None,
+) -> np.ndarray:  # fmt: skip
+    """Fold number per row of ``train``: no group (default: patient) in two folds, positives
+    spread evenly (``name``: what the warnings call this split, e.g. its file)."""
+    groups = train["patient_id"] if groups is None else groups
     check_trainable(train, n_folds)
+    if groups.nunique() < n_folds:
+        raise DataError(f"{groups.nunique()} fold groups (patients, merged where they share an "
+                        f"identical image) cannot fill {n_folds} folds.")  # fmt: skip
     splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     folds = np.full(len(train), -1, dtype=np.int8)
-    for fold, (_, valid) in enumerate(splitter.split(train, train["target"], train["patient_id"])):
+    for fold, (_, valid) in enumerate(splitter.split(train, train["target"], groups)):
         folds[valid] = fold
     _warn_few_positives(train["target"].to_numpy(), folds, f"{name} (seed {seed})")
     return folds
@@ -74,29 +105,37 @@ def _warn_few_positives(target: np.ndarray, folds: np.ndarray, name: str) -> Non
                        "noisy", name, listed, FEW_POSITIVES)  # fmt: skip
 
 
-def folds_key(train: pd.DataFrame, n_folds: int, seed: int) -> str:
-    """Identity of a fold assignment: the training images, their labels, folds and seed."""
-    text = "\n".join(sorted(f"{n}\t{p}\t{t}" for n, p, t in zip(
-        train["image_name"], train["patient_id"], train["target"], strict=True
+def folds_key(train: pd.DataFrame, n_folds: int, seed: int, merge_duplicates: bool = True) -> str:
+    """Identity of a fold assignment: the training images, their labels and fold groups, the
+    number of folds and the seed."""
+    groups = fold_groups(train, merge_duplicates)
+    text = "\n".join(sorted(f"{n}\t{p}\t{t}\t{g}" for n, p, t, g in zip(
+        train["image_name"], train["patient_id"], train["target"], groups, strict=True
     )))  # fmt: skip
     return hashlib.sha256(f"{n_folds}|{seed}|{text}".encode()).hexdigest()
 
 
 def load_or_make_folds(
-    train: pd.DataFrame, n_folds: int, seed: int, path: Path
+    train: pd.DataFrame, n_folds: int, seed: int, path: Path, merge_duplicates: bool = True
 ) -> tuple[np.ndarray, bool]:
-    """Reuse ``path`` if it was made for the same images, folds and seed; else make and save."""
-    key = folds_key(train, n_folds, seed)
+    """Reuse ``path`` if it was made for the same images, groups, folds and seed; else make and
+    save (with each image's fold group)."""
+    key = folds_key(train, n_folds, seed, merge_duplicates)
+    groups = fold_groups(train, merge_duplicates)
     if path.is_file():
         meta = pq.read_schema(path).metadata or {}
         if json.loads(meta.get(_META_KEY, b"{}")).get("key") == key:
             saved = pq.read_table(path).to_pandas().set_index("image_name")["fold"]
             return saved.reindex(train["image_name"]).to_numpy(dtype=np.int8), True
         logger.info("%s was made for other data or settings; making new folds", path)
-    folds = make_folds(train, n_folds, seed, path.name)
+    regrouped = int((groups != train["patient_id"].astype(str)).sum())
+    if regrouped:
+        logger.info("%s: %d image(s) regrouped: patients sharing an identical image share a "
+                    "fold (--no-merge-duplicates keeps patients apart)", path.name, regrouped)  # fmt: skip
+    folds = make_folds(train, n_folds, seed, path.name, groups)
     table = pa.Table.from_pandas(
         pd.DataFrame({"image_name": train["image_name"].to_numpy(), "patient_id": train["patient_id"].to_numpy(),
-                      "target": train["target"].astype(int).to_numpy(), "fold": folds}),
+                      "group": groups.to_numpy(), "target": train["target"].astype(int).to_numpy(), "fold": folds}),
         preserve_index=False,
     )  # fmt: skip
     meta = {"key": key, "n_folds": n_folds, "seed": seed}
@@ -107,10 +146,11 @@ def load_or_make_folds(
 
 
 def load_or_make_eval_folds(
-    train: pd.DataFrame, n_folds: int, seed: int, stage2_dir: Path
+    train: pd.DataFrame, n_folds: int, seed: int, stage2_dir: Path, merge_duplicates: bool = True
 ) -> tuple[np.ndarray, str]:
     """The evaluation folds (``seed`` + EVAL_SEED_OFFSET) that stage 2 scores with and the expert
     stage fine-tunes in: one file, one piece of code. Returns the folds and their key."""
     eval_seed = seed + EVAL_SEED_OFFSET
-    folds, _ = load_or_make_folds(train, n_folds, eval_seed, Path(stage2_dir) / EVAL_FOLDS_FILE)
-    return folds, folds_key(train, n_folds, eval_seed)
+    path = Path(stage2_dir) / EVAL_FOLDS_FILE
+    folds, _ = load_or_make_folds(train, n_folds, eval_seed, path, merge_duplicates)
+    return folds, folds_key(train, n_folds, eval_seed, merge_duplicates)

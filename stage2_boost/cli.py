@@ -97,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="also refit the chosen models without each feature group in turn (tuned parameters "
         "kept, no new search): what each group is worth, with paired intervals",
     )
+    t.add_argument(
+        "--no-merge-duplicates",
+        action="store_true",
+        help="keep patients apart even when they share an identical image (by default they "
+        "share a fold, so one picture never sits in two folds)",
+    )
     t.add_argument("--no-report", action="store_true")
     t.add_argument(
         "--no-cache",
@@ -172,6 +178,7 @@ def _train(args: argparse.Namespace) -> int:
         save_model=args.save_model, no_cache=args.no_cache, device=args.device,
         experts=_expert_slugs(args.experts), expert_transform=args.expert_transform, threads=args.threads,
         search_bins=args.search_bins or None, prune_rounds=args.prune_rounds,
+        merge_duplicates=not args.no_merge_duplicates,
     )  # fmt: skip
     result = run_training(config)
     print(format_run_summary(result.metrics, result.out_dir))
@@ -192,6 +199,9 @@ def format_run_summary(metrics: dict, out: Path) -> str:
              f"  features {'+'.join(metrics['feature_groups'])}; backbones {backbones}",
              f"  {folds['n_folds']} patient-grouped folds (tuning seed {folds['tuning_seed']}, evaluation seed "
              f"{folds['eval_seed']}); {metrics['trials_this_run']} trials added per model"]  # fmt: skip
+    if folds.get("regrouped"):
+        lines.append(f"  {folds['regrouped']} image(s) regrouped: patients sharing an identical "
+                     "image share a fold (--no-merge-duplicates keeps them apart)")  # fmt: skip
     for name, m in metrics["models"].items():
         tuning = f"{m['tuning_auc']:.4f}" if m["tuning_auc"] is not None else "untuned"
         lines.append(f"  {name:<6} OOF AUC {m['oof_auc']:.4f} [{m['oof_auc_ci95'][0]:.4f}, {m['oof_auc_ci95'][1]:.4f}]"

@@ -52,6 +52,8 @@ class Stage2Config:
     # first fold's early-stopping curve, not only after whole folds.
     search_bins: int | None = SEARCH_BINS
     prune_rounds: bool = PRUNE_ROUNDS
+    # patients sharing an identical image (content digest) share a fold (stage1_embed.folds)
+    merge_duplicates: bool = True
 
     def __post_init__(self) -> None:
         if self.reduction not in ("pca", "raw"):

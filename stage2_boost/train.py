@@ -17,7 +17,12 @@ from scipy.special import expit
 from sklearn.metrics import brier_score_loss
 
 from stage1_embed.common import usable_cores
-from stage1_embed.folds import EVAL_SEED_OFFSET, load_or_make_eval_folds, load_or_make_folds
+from stage1_embed.folds import (
+    EVAL_SEED_OFFSET,
+    fold_groups,
+    load_or_make_eval_folds,
+    load_or_make_folds,
+)
 
 from .boosters import BoosterAdapter, create_booster, resolve_device
 from .cache import CACHE_DIR, ContentCache, cached_folds, cached_refit, content_key, data_digest
@@ -178,8 +183,9 @@ def prepare_run(config: Stage2Config, out: Path) -> PreparedRun:
     train = data.frame.iloc[train_rows]
     n_pos = int(train["target"].sum())
     n_pos_all = n_pos + int(data.target[extra_rows].sum())
-    folds, _ = load_or_make_folds(train, config.n_folds, config.seed, out / "folds.parquet")
-    eval_folds, eval_key = load_or_make_eval_folds(train, config.n_folds, config.seed, out)
+    merge = config.merge_duplicates
+    folds, _ = load_or_make_folds(train, config.n_folds, config.seed, out / "folds.parquet", merge)
+    eval_folds, eval_key = load_or_make_eval_folds(train, config.n_folds, config.seed, out, merge)
     logger.info("%d train images (%d malignant, %d patients), %d test; features %s; backbones %s",
                 len(train), n_pos, train["patient_id"].nunique(), len(test_rows),
                 ",".join(groups), ",".join(backbones) or "none")  # fmt: skip
@@ -282,6 +288,13 @@ def _adapter(config: Stage2Config, name: str, folds: list[FoldMatrices]) -> Boos
                           early_stopping=config.early_stopping, n_rows=len(folds[0].fit_rows),
                           n_features=folds[0].X_fit.shape[1], n_folds=config.n_folds,
                           search_bins=config.search_bins)  # fmt: skip
+
+
+def _regrouped(data: StageData, config: Stage2Config) -> int:
+    """Training images whose fold group is not their own patient (identical images merged)."""
+    train = data.frame.iloc[data.train_index()[0]]
+    groups = fold_groups(train, config.merge_duplicates)
+    return int((groups != train["patient_id"].astype(str)).sum())
 
 
 def _oof_patients(data: StageData, evaluation: list[FoldMatrices]) -> np.ndarray:
@@ -505,6 +518,7 @@ def _metrics(
             "n_folds": config.n_folds,
             "tuning_seed": config.seed,
             "eval_seed": config.seed + EVAL_SEED_OFFSET,
+            "regrouped": _regrouped(data, config),
         },
         "trials_this_run": config.n_trials,
         "storage": mask_url(config.storage_url),

@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--seed", type=int, default=42, help="stage 2's --seed (the same folds are used)"
     )
+    p.add_argument("--no-merge-duplicates", action="store_true",
+                   help="stage 2's --no-merge-duplicates (the same folds are used)")  # fmt: skip
     p.add_argument("--fold", type=int, action="append",
                    help="run only this fold (repeatable): one fold per process or GPU; the last to "
                         "finish assembles the output")  # fmt: skip
@@ -82,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         config = ExpertConfig(
             data_dir=args.data, out_dir=args.out, specs=tuple(s.strip() for s in args.experts.split(",") if s.strip()),
             recipe=recipe, device=device, n_folds=args.folds, seed=args.seed,
+            merge_duplicates=not args.no_merge_duplicates,
             folds=tuple(args.fold) if args.fold else None, extra_data=tuple(args.extra_data),
             images_dir=args.images, image_format=args.format, weights_dir=args.weights_dir,
             workers=args.workers, max_memory_gb=args.max_memory_gb, progress=not args.no_progress,

@@ -60,6 +60,9 @@ class ExpertConfig:
     device: str = "cpu"
     n_folds: int = 5  # stage 2's --folds and --seed: the experts use stage 2's evaluation folds
     seed: int = 42
+    merge_duplicates: bool = (
+        True  # stage 2's default: patients sharing an identical image share a fold
+    )
     folds: tuple[int, ...] | None = None  # only these folds (one per process or GPU); None: all
     extra_data: tuple[Path, ...] = ()
     images_dir: Path | None = None
@@ -88,7 +91,7 @@ def run_experts(config: ExpertConfig) -> list[ExpertResult]:
     primary = rows[~rows["extra"]]
     train = primary[primary["split"] == "train"].reset_index(drop=True)
     folds, folds_key = load_or_make_eval_folds(
-        train, config.n_folds, config.seed, Path(config.out_dir) / "stage2"
+        train, config.n_folds, config.seed, Path(config.out_dir) / "stage2", config.merge_duplicates
     )
     fold_of = dict(zip(train["image_name"], folds.tolist(), strict=True))
     rows["fold"] = [fold_of.get(n, -1) if s == "train" and not x else -1
@@ -155,7 +158,9 @@ def _rows(config: ExpertConfig) -> pd.DataFrame:
         items: list[tuple[ImageSource, ImageRef]] = [(source, refs[(s, n)]) for s, n in
                                                      zip(usable["split"], usable["image_name"], strict=True)]  # fmt: skip
         frames.append(
-            usable[["image_name", "patient_id", "split", "target"]].assign(extra=extra, item=items)
+            usable[["image_name", "patient_id", "split", "target", "content_sha256"]].assign(
+                extra=extra, item=items
+            )
         )
     return pd.concat(frames, ignore_index=True)
 

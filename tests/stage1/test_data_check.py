@@ -86,3 +86,21 @@ def test_every_stage1_run_writes_the_cheap_checks(tiny_dataset: Path, tmp_path: 
     run_stage1(Stage1Config(data_dir=tiny_dataset, out_dir=tmp_path / "meta", backbones=()))
     result = json.loads((tmp_path / "meta" / "data_check.json").read_text())
     assert result["near_duplicates"] == [] and result["metadata"] == []
+
+
+def test_shift_reads_chance_on_a_random_split_and_finds_a_real_one() -> None:
+    from stage1_embed.data_check import shift
+
+    manifest = synthetic_manifest(n_patients=80, per_patient=4, n_test_patients=0)
+    rng = np.random.default_rng(3)
+    patient_half = {p: rng.random() < 0.5 for p in manifest["patient_id"].unique()}
+    is_b = manifest["patient_id"].map(patient_half).to_numpy(int)
+    vectors = rng.normal(size=(len(manifest), 32)).astype(np.float32)
+    random_split = shift(manifest, is_b, vectors, n_boot=100)
+    for side in ("metadata", "images", "metadata + images"):
+        low, high = random_split[side]["ci95"]
+        assert low < 0.5 < high and not random_split[side]["warning"], (side, low, high)
+    vectors[is_b == 1, :4] += 1.5  # set B's images look different
+    real = shift(manifest, is_b, vectors, n_boot=100)
+    assert real["images"]["warning"] and not real["metadata"]["warning"]
+    assert "different distributions" in real["reason"]

@@ -207,3 +207,39 @@ def test_patient_context_scores_each_image_against_its_patients_others(tmp_path:
     frame = group.fit(data, rows).transform(data, rows)
     lof = frame["bb__pc_lof"].to_numpy().reshape(8, 6)
     assert (lof.argmax(axis=1) == 0).all() and (lof[:, 0] > 2).all()
+
+
+def test_patients_sharing_an_identical_image_share_a_fold(tmp_path: Path) -> None:
+    """One picture under two patient ids never sits in two folds, unless asked (issue 28)."""
+    from stage1_embed.folds import fold_groups
+
+    train = synthetic_manifest(n_patients=40, per_patient=3, n_test_patients=0)
+    train.loc[[0, 9], "content_sha256"] = "same picture"  # patients P_0000 and P_0003
+    train.loc[[12, 30], "content_sha256"] = "another"  # P_0004 and P_0010: chains stay apart
+    groups = fold_groups(train)
+    assert groups[0] == groups[9] == groups[10] == "P_0000" and groups[12] == groups[30] == "P_0004"
+    assert (groups != train["patient_id"]).sum() == 6  # P_0003's and P_0010's images
+    folds, _ = load_or_make_folds(train, 5, 7, tmp_path / "folds.parquet")
+    assert folds[0] == folds[9] and folds[12] == folds[30]
+    assert set(pd.read_parquet(tmp_path / "folds.parquet")["group"]) == set(groups)
+    _, reused = load_or_make_folds(
+        train, 5, 7, tmp_path / "folds.parquet", merge_duplicates=False
+    )
+    assert not reused  # the opt-out is another fold assignment, not the saved one
+    assert (fold_groups(train, merge_duplicates=False) == train["patient_id"]).all()
+
+
+def test_the_summary_says_how_many_images_were_regrouped(tmp_path: Path) -> None:
+    from stage2_boost.cli import format_run_summary
+    from stage2_boost.config import Stage2Config
+    from stage2_boost.train import run_training
+    from tests.stage2.helpers import FAST
+
+    manifest = synthetic_manifest()
+    manifest.loc[[0, 5], "content_sha256"] = "same picture"
+    features = write_stage1(tmp_path / "f", manifest, {"bb": make_embeddings(manifest)})
+    metrics = run_training(
+        Stage2Config(features_dir=features, feature_groups=("metadata",), **FAST)
+    ).metrics
+    assert metrics["folds"]["regrouped"] == 5  # the second patient's five images
+    assert "5 image(s) regrouped" in format_run_summary(metrics, tmp_path)
