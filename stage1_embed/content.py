@@ -5,7 +5,9 @@ names and sizes. Hashing 33k files on every run would cost a full read of the da
 does, each digest is remembered in ``OUT/content_hashes.parquet`` with its file's size, mtime,
 ctime and inode, and recomputed only when one of those changed. The ctime is what DVC's check
 lacks: a same-size replacement whose mtime was restored (``cp -p``, ``rsync -t``, ``touch -d``)
-still changes it, since no user call can set it.
+still changes it, since no user call can set it. And as git does for its index, a file whose
+mtime is not older than the remembered state itself is hashed again ("racily clean"): it may
+have been rewritten within the same timestamp tick as it was hashed.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ def content_digests(
     """sha256 of each image's stored bytes (a TFRecord record's payload, a file's whole content),
     remembered in ``out`` (None: nothing remembered)."""
     state_path = Path(out) / STATE_FILE if out is not None else None
-    known = _read_state(state_path) if state_path is not None else {}
+    known, written_ns = _read_state(state_path) if state_path is not None else ({}, 0)
     stats: dict[str, os.stat_result | None] = {}
     rows, todo = [], []
     for key, ref in refs.items():
@@ -49,7 +51,8 @@ def content_digests(
             (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino) if stat else None
         )
         remembered = known.get(where)
-        if signature is not None and remembered is not None and remembered[:4] == signature:
+        settled = signature is not None and signature[1] < written_ns  # not racily clean
+        if settled and remembered is not None and remembered[:4] == signature:
             rows.append((key, where, signature, remembered[4]))
         else:
             todo.append((key, ref, where, signature))
@@ -73,20 +76,24 @@ def _digest(source: ImageSource, ref: ImageRef) -> str | None:
         return None
 
 
-def _read_state(path: Path) -> dict[tuple[str, int, int], tuple[int, int, int, int, str]]:
+def _read_state(
+    path: Path,
+) -> tuple[dict[tuple[str, int, int], tuple[int, int, int, int, str]], int]:
+    """The remembered digests, and when they were written (the state file's mtime)."""
     if not path.is_file():
-        return {}
+        return {}, 0
     try:
+        written_ns = path.stat().st_mtime_ns
         frame = pd.read_parquet(path)
         return {
             (p, int(o), int(n)): (int(s), int(m), int(c), int(i), str(d))
             for p, o, n, s, m, c, i, d in frame[
                 ["path", "offset", "length", *_STAT, "sha256"]
             ].itertuples(index=False, name=None)
-        }
+        }, written_ns
     except (OSError, ValueError, KeyError) as err:  # a damaged cache only costs a re-hash
         logger.warning("%s is unreadable (%s); hashing the images again", path, err)
-        return {}
+        return {}, 0
 
 
 def _write_state(path: Path, rows: list) -> None:

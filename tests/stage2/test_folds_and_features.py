@@ -222,9 +222,7 @@ def test_patients_sharing_an_identical_image_share_a_fold(tmp_path: Path) -> Non
     folds, _ = load_or_make_folds(train, 5, 7, tmp_path / "folds.parquet")
     assert folds[0] == folds[9] and folds[12] == folds[30]
     assert set(pd.read_parquet(tmp_path / "folds.parquet")["group"]) == set(groups)
-    _, reused = load_or_make_folds(
-        train, 5, 7, tmp_path / "folds.parquet", merge_duplicates=False
-    )
+    _, reused = load_or_make_folds(train, 5, 7, tmp_path / "folds.parquet", merge_duplicates=False)
     assert not reused  # the opt-out is another fold assignment, not the saved one
     assert (fold_groups(train, merge_duplicates=False) == train["patient_id"]).all()
 
