@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -19,7 +20,7 @@ import torch
 
 from .backbones import Backbone
 from .batch_decode import BatchDecoder, RawDataset, collate_raw
-from .common import json_digest, library_versions
+from .common import code_digest, json_digest, library_versions
 from .cpu_pipeline import cpu_threads, embed_batch, embedded_in_threads
 from .engines import make_embedder
 from .extract import Batch, ImageDataset, make_loader, plan_batches
@@ -35,16 +36,9 @@ from .schema import (
 from .sources import ImageKey, ImageRef, ImageSource
 
 logger = logging.getLogger(__name__)
-_LIBRARIES = (
-    "torch",
-    "torchvision",
-    "timm",
-    "numpy",
-    "pyarrow",
-    "pillow",
-    "pydicom",
-    "melanoma-stack",
-)
+# the libraries that decode, preprocess and embed: their versions are part of the settings hash
+_LIBRARIES = ("torch", "torchvision", "timm", "onnxruntime", "onnx", "numpy", "pillow",
+              "pydicom", "pylibjpeg", "pylibjpeg-libjpeg", "pyarrow")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -106,6 +100,10 @@ def backbone_provenance(
         "chunk_size": settings.chunk_size,
         "input_fingerprint": fingerprint,
         "schema_version": SCHEMA_VERSION,
+        # what shapes the pixels and the embeddings besides the settings: the decoding,
+        # preprocessing and embedding code and the libraries under it (common.code_digest)
+        "code": code_digest("stage1_embed"),
+        "libraries": library_versions(_LIBRARIES) | {"python": sys.version.split()[0]},
     }
     # what turns an image into its embedding, whatever the images are: a row embedded under the
     # same embedder hash from the same bytes is reused by a rerun on changed inputs
@@ -115,7 +113,6 @@ def backbone_provenance(
         "settings_hash": json_digest(relevant),
         "embedder_hash": json_digest(embedder),
         "n_images": n_images,
-        "libraries": library_versions(_LIBRARIES),
     }
 
 

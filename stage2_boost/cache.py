@@ -19,17 +19,17 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
-from collections.abc import Callable, Iterable, Sequence
-from importlib import metadata
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import joblib
 import numpy as np
 import pandas as pd
 
-from stage1_embed.common import atomic_folder, library_versions
+from stage1_embed.common import atomic_folder, code_digest, library_versions, project_dependencies
 
 from .boosters import BoosterAdapter
 from .cv import CVResult, FoldMatrices, cross_validate
@@ -52,23 +52,32 @@ class ContentCache:
     def get_or_compute(
         self, kind: str, key: str | None, compute: Callable[[], T],
         write: Callable[[T, Path], None], read: Callable[[Path], T],
+        keep: Callable[[T], bool] = lambda value: True,
     ) -> T:  # fmt: skip
-        """``read`` the entry of ``key`` if there is one, else ``compute``, ``write`` and prune."""
+        """``read`` the entry of ``key`` if there is one, else ``compute``, ``write`` (unless
+        ``keep`` says the value is a failure, to be tried again next time) and prune."""
         if self.root is None or key is None:
             return compute()
         entry = self.root / kind / key[:32]
         if entry.is_dir():
             try:
+                _check_sizes(entry)
                 value = read(entry)
                 os.utime(entry)  # recently used: kept by the pruning
                 logger.info("%s reused from %s (same inputs, code and libraries)", kind, entry)
                 return value
-            except (OSError, ValueError, KeyError) as err:
-                logger.warning("cache entry %s is unreadable (%s); recomputing it", entry, err)
+            except Exception as err:  # any damage (a truncated .npz raises BadZipFile, a
+                # damaged booster LightGBMError): an entry is only a shortcut, so recompute
+                logger.warning("cache entry %s is unreadable (%s: %s); recomputing it", entry,
+                               type(err).__name__, err)  # fmt: skip
                 shutil.rmtree(entry, ignore_errors=True)
         value = compute()
+        if not keep(value):
+            return value
         with atomic_folder(entry, replace=False) as staging:
             write(value, staging)
+            sizes = {p.name: p.stat().st_size for p in staging.iterdir() if p.is_file()}
+            (staging / _SIZES).write_text(json.dumps(sizes))
         self._prune(self.root / kind)
         return value
 
@@ -77,6 +86,16 @@ class ContentCache:
                          key=lambda p: p.stat().st_mtime, reverse=True)  # fmt: skip
         for old in entries[self.keep :]:
             shutil.rmtree(old, ignore_errors=True)
+
+
+_SIZES = ".sizes.json"  # each file of an entry with its size when written: a cut file is seen
+
+
+def _check_sizes(entry: Path) -> None:
+    """Refuse an entry whose files are missing or were cut short since it was written."""
+    for name, size in json.loads((entry / _SIZES).read_text()).items():
+        if (entry / name).stat().st_size != size:
+            raise ValueError(f"{name} has changed size since it was written")
 
 
 def content_key(*parts: Any) -> str:
@@ -112,38 +131,32 @@ def update_digest(digest: Any, part: Any) -> None:
             digest.update(str(name).encode())
             update_digest(digest, part[name])
     else:
-        digest.update(json.dumps(part, default=str).encode())  # key order counts (plot order)
+        try:  # plain values as JSON: key order counts (a figure's plot order)
+            text = json.dumps(part, default=_plain)
+        except TypeError:  # a Series, a frame in a list, any other object: joblib, by value
+            text = joblib.hash(part)
+        digest.update(text.encode())
+
+
+def _plain(value: Any) -> Any:
+    """JSON for numpy scalars and paths; anything else is hashed by value, never by ``str()``
+    (which numpy and pandas shorten: a changed middle value would keep its key)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(type(value).__name__)
 
 
 @functools.cache
 def environment_digest() -> str:
-    """The code and libraries a stage 2 result depends on, computed once per process."""
+    """The code and libraries a stage 2 result depends on, computed once per process: the
+    source of both packages (every module a stage 2 computation can import is in them) and the
+    versions of the project's dependencies and Python (common.code_digest, common.dependencies)."""
+    versions = library_versions(project_dependencies()) | {"python": sys.version}
     return hashlib.sha256(
-        json.dumps([code_digest(), library_versions(project_dependencies())]).encode()
+        json.dumps([code_digest("stage1_embed", "stage2_boost"), versions]).encode()
     ).hexdigest()
-
-
-def code_digest() -> str:
-    """sha256 over the source of both packages: every module a stage 2 computation can import
-    (function-level imports included) is in them. The import closure alone (``modulefinder``:
-    all of stage 2 and stage 1's contract modules) took 0.19 s per run against 5 ms for this
-    superset; an edit to stage 1's image code costs one recomputation instead."""
-    root = Path(__file__).resolve().parents[1]
-    digest = hashlib.sha256()
-    for package in ("stage1_embed", "stage2_boost"):
-        for file in sorted((root / package).rglob("*.py")):
-            digest.update(str(file.relative_to(root)).encode() + b"\0" + file.read_bytes())
-    return digest.hexdigest()
-
-
-def project_dependencies() -> list[str]:
-    """The distributions the installed project requires (its pyproject dependencies)."""
-    try:
-        requires: Iterable[str] = metadata.requires("melanoma-stack") or []
-    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
-        return ["melanoma-stack"]
-    names = [re.match(r"[A-Za-z0-9_.-]+", r).group(0) for r in requires if "extra ==" not in r]  # type: ignore[union-attr]
-    return sorted(set(names))
 
 
 # --- the kinds of entry --------------------------------------------------------------------------
@@ -213,9 +226,13 @@ def cached_png(cache: ContentCache, key: str, draw: Callable[[], bytes]) -> byte
     def write(png: bytes, folder: Path) -> None:
         (folder / "figure.png").write_bytes(png)
 
-    return cache.get_or_compute(
-        "figures", key, draw, write, lambda f: (f / "figure.png").read_bytes()
-    )
+    def read(folder: Path) -> bytes:
+        png = (folder / "figure.png").read_bytes()
+        if not (png.startswith(b"\x89PNG\r\n\x1a\n") and png.endswith(b"IEND\xaeB`\x82")):
+            raise ValueError("figure.png is not a whole PNG")  # nothing else parses it here
+        return png
+
+    return cache.get_or_compute("figures", key, draw, write, read)
 
 
 def _write_folds(matrices: list[FoldMatrices], folder: Path) -> None:

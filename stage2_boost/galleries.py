@@ -7,7 +7,6 @@ their lesions ordered by how unlike the patient's others each looks (the "ugly d
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import logit as scipy_logit
 
+from stage1_embed.colour import stored_orders
 from stage1_embed.errors import DataError
 from stage1_embed.thumbnails import make_thumbnails
 
@@ -161,7 +161,8 @@ def cached_thumbnails(
     digests = [
         str(frame.at[n, "content_sha256"]) if "content_sha256" in frame else n for n in names
     ]
-    key = content_key("thumbnails", digests, names)
+    # the same bytes look otherwise when stage 1 swaps their colours (stage1_embed.colour)
+    key = content_key("thumbnails", digests, names, stored_orders(data.provenance))
 
     def compute() -> dict[str, bytes | str]:
         try:
@@ -172,18 +173,13 @@ def cached_thumbnails(
         return {name: made[k] for name, k in zip(names, keys, strict=True)}
 
     def write(value: dict[str, bytes | str], folder: Path) -> None:
-        errors = {}
         for i, name in enumerate(names):
-            item = value[name]
-            if isinstance(item, bytes):
-                (folder / f"{i}.jpg").write_bytes(item)
-            else:
-                errors[str(i)] = item
-        (folder / "errors.json").write_text(json.dumps(errors))
+            (folder / f"{i}.jpg").write_bytes(value[name])  # type: ignore[arg-type]
 
     def read(folder: Path) -> dict[str, bytes | str]:
-        errors = json.loads((folder / "errors.json").read_text())
-        return {name: str(errors[str(i)]) if str(i) in errors else (folder / f"{i}.jpg").read_bytes()
-                for i, name in enumerate(names)}  # fmt: skip
+        return {name: (folder / f"{i}.jpg").read_bytes() for i, name in enumerate(names)}
 
-    return cache.get_or_compute("thumbnails", key, compute, write, read)
+    def complete(value: dict[str, bytes | str]) -> bool:  # a failure (images unmounted) is
+        return all(isinstance(v, bytes) for v in value.values())  # not kept: the next run retries
+
+    return cache.get_or_compute("thumbnails", key, compute, write, read, complete)

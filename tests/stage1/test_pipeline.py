@@ -255,3 +255,21 @@ def test_the_summary_counts_embedded_and_failed_images_once_each(tmp_path: Path)
     summary = Stage1Summary(tmp_path, 6, "jpeg", [result], n_failures=2, n_unreadable_files=1)
     row = format_summary(summary).splitlines()[1].split()
     assert row[:3] == ["lite0", "5", "2"]
+
+
+@pytest.mark.parametrize("change", ["library", "code"])
+def test_a_library_or_code_change_recomputes_the_embeddings(
+    config: Stage1Config, change: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Up to date covers what shapes the pixels and embeddings: after `pip install -U timm` or
+    an edit to stage 1's code, nothing is served from before, not even row by row (issue 30)."""
+    import stage1_embed.runner as runner
+
+    run_stage1(config)
+    if change == "library":
+        real = runner.library_versions
+        monkeypatch.setattr(runner, "library_versions", lambda names: real(names) | {"timm": "9.9"})
+    else:
+        monkeypatch.setattr(runner, "code_digest", lambda *packages: "an edited crop")
+    again = run_stage1(config).results[0]
+    assert again.status == "computed" and again.reused is None and again.n_images == 15

@@ -155,3 +155,75 @@ def test_a_rerun_after_a_metadata_change_is_not_served_stale_features(tmp_path: 
     assert again.models[0].study == after.models[0].study and again.models[0].n_trials == 4
     metrics = json.loads((config.stage2_dir / "metrics.json").read_text())
     assert metrics["data_fingerprint"] in metrics["models"]["lgbm"]["study"]
+
+
+@pytest.mark.parametrize("change", ["library", "code"])
+def test_a_library_or_code_change_recomputes_stage2(
+    tmp_path: Path, change: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    import stage2_boost.cache as cache_module
+
+    manifest = synthetic_manifest()
+    features = write_stage1(tmp_path / "f", manifest, {"bb": make_embeddings(manifest)})
+    config = Stage2Config(features_dir=features, feature_groups=("metadata", "embedding"),
+                          models=("lgbm",), **{**FAST, "n_trials": 0})  # fmt: skip
+    run_training(config)
+    with caplog.at_level(logging.INFO, logger="stage2_boost.cache"):
+        run_training(config)
+    assert "reused" in caplog.text  # the same code and libraries: served from the cache
+    caplog.clear()
+    if change == "library":
+        real = cache_module.library_versions
+        monkeypatch.setattr(
+            cache_module, "library_versions", lambda names: real(names) | {"lightgbm": "0.1"}
+        )
+    else:
+        monkeypatch.setattr(cache_module, "code_digest", lambda *packages: "edited")
+    cache_module.environment_digest.cache_clear()
+    try:
+        with caplog.at_level(logging.INFO, logger="stage2_boost.cache"):
+            run_training(config)
+    finally:
+        monkeypatch.undo()
+        cache_module.environment_digest.cache_clear()
+    assert "reused" not in caplog.text
+
+
+def test_keys_see_every_value_of_any_part() -> None:
+    """A long Series, or one inside a list, with a middle value changed: another key (its str()
+    would have been the same)."""
+    series = pd.Series(np.arange(2000, dtype=float))
+    changed = series.copy()
+    changed[1000] = -1.0
+    assert str(series) == str(changed)
+    assert content_key("x", series) != content_key("x", changed)
+    assert content_key("x", [series, 1]) != content_key("x", [changed, 1])
+    assert content_key("x", {"a": 1, "b": 2}) != content_key("x", {"b": 2, "a": 1})  # plot order
+    assert content_key("x", np.float64(0.5), Path("a")) == content_key("x", 0.5, "a")
+
+
+@pytest.mark.parametrize("damage", ["cut", "garbage"])
+def test_every_kind_of_damaged_entry_is_recomputed(tmp_path: Path, damage: str) -> None:
+    """Fold matrices (.parquet, .npz, .safetensors), refits (.npz, booster files) and figures
+    (.png): cut short, or the same size of garbage, and the rerun gives the same results."""
+    manifest = synthetic_manifest()
+    features = write_stage1(tmp_path / "f", manifest, {"bb": make_embeddings(manifest)})
+    config = Stage2Config(features_dir=features, feature_groups=("metadata", "probe"),
+                          **{**FAST, "n_trials": 0, "report": True})  # fmt: skip
+    first = run_training(config)
+    cache = config.stage2_dir / "cache"
+    kinds = {p.name for p in cache.iterdir()}
+    assert {"folds", "refits-lgbm", "refits-xgb", "figures"} <= kinds and "thumbnails" not in kinds
+    for file in cache.rglob("*"):
+        if file.is_file() and not file.name.startswith("."):
+            data = file.read_bytes()
+            file.write_bytes(data[: len(data) // 2] if damage == "cut" else bytes(len(data)))
+    again = run_training(config)
+    assert again.metrics["oof_auc"] == first.metrics["oof_auc"]
+    assert again.metrics["models"]["lgbm"]["oof_auc"] == first.metrics["models"]["lgbm"]["oof_auc"]
+    for png in (config.stage2_dir / "report").glob("*.png"):
+        assert png.read_bytes().startswith(b"\x89PNG") and png.read_bytes().endswith(
+            b"IEND\xaeB`\x82"
+        )
