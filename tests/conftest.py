@@ -10,8 +10,6 @@ import pandas as pd
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# Tests run stage 2 in their own processes; tests/stage2/test_server.py turns the server on itself.
-os.environ["MELANOMA_STAGE2_SERVER"] = "off"
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MELANOMA_SHARED_DIR", REPO.parent / "shared"))
