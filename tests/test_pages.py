@@ -24,7 +24,7 @@ from stage1_embed.pipeline import run_stage1
 from stage1_embed.thumbnails import make_thumbnails
 from stage2_boost.galleries import GALLERY_SIZE
 from stage2_boost.model.predict import run_predict
-from tests.conftest import REPO, WEIGHTS, require
+from tests.conftest import REPO, lite0_dir
 
 pytestmark = pytest.mark.slow
 SCREENSHOTS = Path(os.environ.get("MELANOMA_SCREENSHOTS", REPO / "build" / "screenshots"))
@@ -126,7 +126,7 @@ def test_unreadable_images_are_shown_with_their_error_and_no_probability(
 
 def test_thumbnails_of_one_image_look_alike_in_every_format(demo_run: dict[str, Path]) -> None:
     demo, root = demo_run["demo"], demo_run["root"]
-    spec = f"local-dir:{require(WEIGHTS / 'tf_efficientnet_lite0')}"
+    spec = f"local-dir:{lite0_dir()}"
     name = pd.read_csv(demo / "train.csv")["image_name"].iloc[0]
     thumbs = {}
     for image_format in ("jpeg", "dicom", "tfrecord"):

@@ -19,7 +19,7 @@ from stage1_embed.pipeline import run_stage1
 from stage2_boost.errors import ModelError
 from stage2_boost.model.load import load_model
 from stage2_boost.model.predict import run_predict
-from tests.conftest import REPO, WEIGHTS
+from tests.conftest import REPO, lite0_dir
 
 pytestmark = pytest.mark.slow
 FORMAT_FILES = {"jpeg": "jpeg/test", "dicom": "test", "tfrecord": "tfrecords"}
@@ -172,7 +172,7 @@ def test_predict_refuses_features_made_with_other_preprocessing(
     trained: tuple[Path, Path], tmp_path: Path
 ) -> None:
     demo, model = trained
-    spec = f"local-dir:{WEIGHTS / 'tf_efficientnet_lite0'}"
+    spec = f"local-dir:{lite0_dir()}"
     features = tmp_path / "features"
     run_stage1(Stage1Config(data_dir=demo, out_dir=features, backbones=(spec,), input_size=256,
                             image_format="jpeg", num_workers=0, progress=False))  # fmt: skip

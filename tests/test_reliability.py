@@ -25,7 +25,7 @@ from stage1_embed.pipeline import run_stage1
 from stage1_embed.schema import read_embeddings
 from stage2_boost.config import Stage2Config
 from stage2_boost.train import run_training
-from tests.conftest import ISIC, REPO, WEIGHTS, require
+from tests.conftest import ISIC, REPO, lite0_dir, require
 from tests.stage2.helpers import FAST
 
 
@@ -92,7 +92,7 @@ def test_storage_password_never_reaches_outputs(features: Path, tmp_path: Path) 
 
 
 def test_stage1_embeddings_are_bit_identical_on_rerun(tiny_dataset: Path, tmp_path: Path) -> None:
-    spec = f"local-dir:{require(WEIGHTS / 'tf_efficientnet_lite0')}"
+    spec = f"local-dir:{lite0_dir()}"
     config = Stage1Config(data_dir=tiny_dataset, backbones=(spec,), num_workers=0, progress=False)
     run_stage1(replace(config, out_dir=tmp_path / "a"))
     run_stage1(replace(config, out_dir=tmp_path / "b"))

@@ -16,7 +16,7 @@ from stage1_embed.config import Stage1Config
 from stage1_embed.errors import ConfigError
 from stage1_embed.pipeline import format_summary, run_stage1
 from stage1_embed.schema import embeddings_path, read_manifest
-from tests.conftest import tiny_table
+from tests.conftest import lite0_dir, tiny_table
 
 
 def skin(n: int, seed: int = 0, size: int = 64) -> list[np.ndarray]:
@@ -73,8 +73,8 @@ def test_thin_evidence_keeps_the_images_as_stored() -> None:
 
 
 @pytest.fixture
-def lite0(shared_weights: Path) -> str:
-    return f"local-dir:{shared_weights / 'tf_efficientnet_lite0'}"
+def lite0() -> str:
+    return f"local-dir:{lite0_dir()}"
 
 
 def _embed(data: Path, out: Path, spec: str, order: str = "auto") -> tuple[np.ndarray, dict]:

@@ -16,14 +16,14 @@ from stage1_embed.config import Stage1Config
 from stage1_embed.pipeline import run_stage1
 from stage1_embed.progress import LogProgress, progress_bar
 from stage1_embed.schema import read_embeddings
-from tests.conftest import WEIGHTS, require
+from tests.conftest import lite0_dir
 
 SLUG = "tf_efficientnet_lite0"
 
 
 @pytest.fixture
 def config(tiny_dataset: Path, tmp_path: Path) -> Stage1Config:
-    spec = f"local-dir:{require(WEIGHTS / SLUG)}"
+    spec = f"local-dir:{lite0_dir()}"
     return Stage1Config(data_dir=tiny_dataset, out_dir=tmp_path / "out", backbones=(spec,),
                         batch_size=4, chunk_size=8, num_workers=0, progress=False)  # fmt: skip
 

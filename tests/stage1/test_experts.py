@@ -22,7 +22,7 @@ from stage1_embed.pipeline import run_stage1
 from stage2_boost.config import Stage2Config
 from stage2_boost.errors import ContractError
 from stage2_boost.train import run_training
-from tests.conftest import REPO, WEIGHTS, require
+from tests.conftest import REPO, lite0_dir
 from tests.stage2.helpers import FAST
 
 pytestmark = pytest.mark.slow
@@ -36,14 +36,14 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     data = root / "demo"
     subprocess.run([sys.executable, "-m", "stage1_embed.demo", "--out", str(data), "--patients", "30"],
                    check=True, cwd=REPO, capture_output=True)  # fmt: skip
-    spec = f"local-dir:{require(WEIGHTS / SLUG)}"
+    spec = f"local-dir:{lite0_dir()}"
     run_stage1(Stage1Config(data_dir=data, out_dir=root / "out", backbones=(spec,), image_format="jpeg",
                             num_workers=0, progress=False))  # fmt: skip
     return data, root / "out"
 
 
 def config(data: Path, out: Path, **changes: object) -> ExpertConfig:
-    spec = f"local-dir:{WEIGHTS / SLUG}"
+    spec = f"local-dir:{lite0_dir()}"
     base = ExpertConfig(data_dir=data, out_dir=out, specs=(spec,), recipe=RECIPE, n_folds=3, image_format="jpeg",
                         progress=False)  # fmt: skip
     return replace(base, **changes)  # type: ignore[arg-type]
@@ -112,7 +112,7 @@ def test_a_killed_expert_run_resumes_to_the_same_probabilities(
     for folder in (reference, killed):
         subprocess.run(["cp", "-r", str(out), str(folder)], check=True)
         subprocess.run(["rm", "-rf", str(folder / "experts")], check=True)
-    args = [sys.executable, "-m", "stage1_embed.experts", "--data", str(data), "--experts", f"local-dir:{WEIGHTS / SLUG}",
+    args = [sys.executable, "-m", "stage1_embed.experts", "--data", str(data), "--experts", f"local-dir:{lite0_dir()}",
             "--folds", "3", "--image-size", "32", "--epochs", "3", "--batch-size", "16", "--tta", "hflip",
             "--format", "jpeg", "--device", "cpu", "--no-progress"]  # fmt: skip
     subprocess.run([*args, "--out", str(reference)], check=True, cwd=REPO, capture_output=True)

@@ -22,7 +22,7 @@ from stage1_embed.extra import (
 from stage1_embed.metadata import KNOWN_SITES
 from stage1_embed.pipeline import run_stage1
 from stage1_embed.schema import extra_features_dir, read_embeddings, read_manifest
-from tests.conftest import HAM, ISIC, WEIGHTS, require, tiny_table
+from tests.conftest import HAM, ISIC, lite0_dir, require, tiny_table
 
 EXTRA_CSVS = ISIC / "csv" / "extra"
 SITES_2020 = {"torso", "head/neck", "upper extremity", "lower extremity", "palms/soles",
@@ -115,7 +115,7 @@ def test_duplicate_names_across_sources_are_an_error_unless_dropped() -> None:
 
 @pytest.fixture
 def stage1_config(tiny_dataset: Path, tmp_path: Path) -> Stage1Config:
-    spec = f"local-dir:{require(WEIGHTS / 'tf_efficientnet_lite0')}"
+    spec = f"local-dir:{lite0_dir()}"
     return Stage1Config(data_dir=tiny_dataset, out_dir=tmp_path / "out", backbones=(spec,),
                         batch_size=8, chunk_size=16, num_workers=0, progress=False)  # fmt: skip
 

@@ -20,14 +20,14 @@ from stage1_embed.config import Stage1Config
 from stage1_embed.errors import DataError, OutputError
 from stage1_embed.pipeline import run_stage1
 from stage1_embed.schema import SCHEMA_VERSION, read_embeddings, read_manifest, read_provenance
-from tests.conftest import REPO, WEIGHTS, require
+from tests.conftest import REPO, lite0_dir
 
 SLUG = "tf_efficientnet_lite0"
 
 
 @pytest.fixture
 def config(tiny_dataset: Path, tmp_path: Path) -> Stage1Config:
-    spec = f"local-dir:{require(WEIGHTS / SLUG)}"
+    spec = f"local-dir:{lite0_dir()}"
     return Stage1Config(data_dir=tiny_dataset, out_dir=tmp_path / "out", backbones=(spec,), batch_size=4,
                         chunk_size=4, num_workers=0, progress=False)  # fmt: skip
 
@@ -190,7 +190,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
         check=True,
         cwd=REPO,
     )
-    spec = f"local-dir:{require(WEIGHTS / SLUG)}"
+    spec = f"local-dir:{lite0_dir()}"
     args = [sys.executable, "-m", "stage1_embed", "--data", str(demo), "--backbones", spec, "--format", "jpeg",
             "--chunk-size", "16", "--batch-size", "8", "--workers", "0", "--no-progress"]  # fmt: skip
     subprocess.run(
@@ -231,7 +231,7 @@ def test_real_jpegs_pretrained_differs_from_random_init(isic_layout: Path, tmp_p
             (isic_layout / "jpeg" / "train" / f"{name}.jpg").resolve()
         )
     csv.to_csv(root / "train.csv", index=False)
-    spec = f"local-dir:{require(WEIGHTS / SLUG)}"
+    spec = f"local-dir:{lite0_dir()}"
     base = Stage1Config(data_dir=root, backbones=(spec,), num_workers=0, progress=False)
     run_stage1(replace(base, out_dir=tmp_path / "pre"))
     run_stage1(replace(base, out_dir=tmp_path / "rnd", random_init=True))

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from stage1_embed.common import CRASH_VARIABLE
-from tests.conftest import REPO, WEIGHTS, require
+from tests.conftest import REPO, WEIGHTS, lite0_dir, require
 
 pytestmark = pytest.mark.slow
 SLUG = "tf_efficientnet_lite0"
@@ -39,7 +39,7 @@ def jpegs(isic_layout: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def command(data: Path, out: Path, *extra: str) -> list[str]:
-    spec = f"local-dir:{require(WEIGHTS / SLUG)}"
+    spec = f"local-dir:{lite0_dir()}"
     return [sys.executable, "-m", "stage1_embed", "--data", str(data), "--out", str(out),
             "--backbones", spec, "--chunk-size", str(CHUNK), "--batch-size", "16",
             "--workers", "0", "--no-progress", *extra]  # fmt: skip
