@@ -24,6 +24,8 @@ from .cv import FoldMatrices, cross_validate
 from .errors import ConfigError
 
 logger = logging.getLogger(__name__)
+# the first trial of a new study (studies made before this name say "library defaults")
+STARTING_VALUES = "starting values"
 HEARTBEAT_SECONDS = 10
 # Pruning steps. Fold-level: the running mean AUC after each fold. With round-level pruning, the
 # first fold also reports its early-stopping AUC every few boosting rounds at step = rounds done
@@ -179,8 +181,8 @@ def open_study(
             study_name=name, storage=storage, sampler=sampler, pruner=pruner,
             direction="maximize", load_if_exists=True,
         )  # fmt: skip
-        if n_done == 0 and first_params:  # a new study starts from the sensible defaults
-            study.enqueue_trial(first_params, user_attrs={"start": "library defaults"})
+        if n_done == 0 and first_params:  # a new study starts from the project's starting values
+            study.enqueue_trial(first_params, user_attrs={"start": STARTING_VALUES})
     if shared:
         logger.info("joined study %s in %s with %d trial(s) so far (worker pid %d); other "
                     "workers may add trials at the same time", name, mask_url(url), n_done,
@@ -317,7 +319,8 @@ class Choice:
 
 
 def best_choice(study: optuna.Study, adapter: BoosterAdapter) -> Choice:
-    """The best finished trial, unless it beats the study's first trial (the library defaults) by
+    """The best finished trial, unless it beats the study's first trial (the adapter's starting
+    values: learning rate 0.05, 15 leaves or depth 4, ...) by
     less than one standard error of their paired per-fold difference: then the defaults (the
     one-standard-error rule; with ~70 melanomas the best of many trials is mostly the luckiest,
     and its out-of-fold AUC falls as trials are added). The defaults also when nothing finished."""
@@ -326,7 +329,7 @@ def best_choice(study: optuna.Study, adapter: BoosterAdapter) -> Choice:
     best = study.best_trial
     chosen = Choice(dict(best.params), best.value, best.user_attrs.get("best_iterations"))
     defaults = next((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                     if t.user_attrs.get("start") == "library defaults"), None)  # fmt: skip
+                     if t.user_attrs.get("start") in (STARTING_VALUES, "library defaults")), None)  # fmt: skip
     if defaults is None or defaults.number == best.number:
         return chosen
     gain = np.subtract(

@@ -96,3 +96,13 @@ def test_scoring_says_when_every_image_gets_the_same_probability(tmp_path: Path)
     scored = run_predict(config.stage2_dir / "model", write_stage1(tmp_path / "bare", bare, {}),
                          tmp_path / "scored")  # fmt: skip
     assert any("the same probability" in w for w in scored.warnings), scored.warnings
+
+
+def test_runs_says_untuned_where_no_trial_ran() -> None:
+    import pandas as pd
+
+    log = pd.DataFrame([{"time": "t", "run_id": "r1", "feature_groups": "metadata", "backbones": "-",
+                         "trials": 0, "oof_auc": 0.7, "ci_low": 0.65, "ci_high": 0.75,
+                         "tuning_auc": float("nan"), "seconds": 1.0}])  # fmt: skip
+    table = format_runs(log)
+    assert "untuned" in table and "nan" not in table.lower()

@@ -370,7 +370,7 @@ def test_the_defaults_stay_unless_a_trial_beats_them_beyond_one_standard_error()
     adapter = create_booster("lgbm")
     defaults = adapter.default_params()
     study = optuna.create_study(direction="maximize")
-    study.add_trial(_trial(defaults, [0.80, 0.78, 0.82, 0.79, 0.81], start="library defaults"))
+    study.add_trial(_trial(defaults, [0.80, 0.78, 0.82, 0.79, 0.81], start="starting values"))
     study.add_trial(_trial({**defaults, "lambda_l2": 5.0}, [0.83, 0.76, 0.84, 0.78, 0.82]))  # luck
     choice = best_choice(study, adapter)
     assert choice.params == defaults and choice.reason.startswith("defaults: the best trial (1)")
@@ -379,13 +379,13 @@ def test_the_defaults_stay_unless_a_trial_beats_them_beyond_one_standard_error()
     assert choice.params["lambda_l2"] == 9.0 and "beyond one standard error" in choice.reason
 
 
-def test_a_new_study_tries_the_library_defaults_first(config: Stage2Config) -> None:
+def test_a_new_study_tries_the_starting_values_first(config: Stage2Config) -> None:
     result = run_training(replace(config, models=("lgbm",)))
     storage = open_storage(config.storage_url)
     study = optuna.load_study(study_name=result.models[0].study, storage=storage)
     first = study.trials[0]
     adapter = create_booster("lgbm", n_rows=len(result.models[0].cv.oof))
-    assert first.user_attrs["start"] == "library defaults"
+    assert first.user_attrs["start"] == "starting values"
     assert set(first.params) == set(adapter.default_params())
 
 
