@@ -27,7 +27,7 @@ def format_runs(log: pd.DataFrame, stage2: Path | None = None) -> str:
     ]
     table["tuning_auc"] = [f"{v:.4f}" if pd.notna(v) else "untuned" for v in table["tuning_auc"]]
     table["pAUC80"] = [f"{v:.4f}" if pd.notna(v) else "-" for v in table["pauc80"]]
-    table["n_extra"] = table["n_extra"].fillna(0).astype(int)
+    table["n_extra"] = pd.to_numeric(table["n_extra"], errors="coerce").fillna(0).astype(int)
     table["Δ previous"] = table["vs_previous"].fillna("-")
     table["Δ best"] = table["vs_best"].fillna("-")
     columns = ["time", "run_id", "feature_groups", "backbones", "trials", "oof_auc ± CI", "pAUC80",
