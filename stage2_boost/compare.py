@@ -193,8 +193,8 @@ def ablation_table(
         "parameters and rounds on the same evaluation folds (no new search); delta = with the "
         "group minus without it, paired patient bootstrap",
         "groups": rows,
-        "unreadable": f"these rows cannot be read: the full model shows {chance}, so what a "
-        "group adds to it means nothing"
+        "unreadable": "these rows cannot be read: the model with every group is at chance level "
+        f"({chance}), so what a group adds to it means nothing"
         if chance and rows
         else None,
     }
