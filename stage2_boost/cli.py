@@ -210,6 +210,9 @@ def format_run_summary(metrics: dict, out: Path) -> str:
             lines.append(f"         parameters: {m['choice']}")
     low, high = metrics["oof_auc_ci95"]
     lines.append(f"  blend  OOF AUC {metrics['oof_auc']:.4f} [{low:.4f}, {high:.4f}]")
+    if metrics.get("oof_bootstrap_dropped"):
+        lines.append(f"         ({metrics['oof_bootstrap_dropped']} of {metrics['config']['n_bootstrap']} "
+                     "bootstrap replicates drew no malignant or no benign image and are left out)")  # fmt: skip
     if metrics.get("chance"):
         lines.append(f"  CHANCE LEVEL: {metrics['chance']}")
     lines += [f"  colours: {note}" for note in metrics.get("colours") or []]

@@ -152,10 +152,11 @@ def patient_draws(patients: np.ndarray, n_boot: int, seed: int) -> tuple[np.ndar
 
 
 def _interval(values: np.ndarray) -> list[float]:
-    values = values[~np.isnan(values)]
-    if not len(values):
+    """The 95% percentile interval, replicates without a value (no malignant or no benign image
+    drawn) left out: :func:`metric_summary` reports how many."""
+    if np.isnan(values).all():
         return [float("nan"), float("nan")]
-    low, high = np.percentile(values, [2.5, 97.5])
+    low, high = np.nanpercentile(values, [2.5, 97.5])
     return [float(low), float(high)]
 
 
@@ -168,7 +169,8 @@ def metric_summary(
     draws, codes = patient_draws(patients, n_boot, seed)
     point = point_metrics(target, score)
     replicates = curve_metrics(target, score, draws, codes)
-    summary: dict[str, Any] = {"not_reported": {}}
+    summary: dict[str, Any] = {"not_reported": {},
+                               "bootstrap_dropped": int(np.isnan(replicates["auc"]).sum())}  # fmt: skip
     for name in METRICS:
         reason = unsupported(name, int(target.sum()), int((~target).sum()))
         if reason:

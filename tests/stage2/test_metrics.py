@@ -156,3 +156,12 @@ def test_delong_matches_its_pairwise_definition() -> None:
     want = 2 * norm.sf(abs(components[1][2] - components[0][2]) / np.sqrt(var))
     assert abs(delong_paired_p(target, score_a, score_b) - want) < 1e-10
     assert delong_paired_p(target, score_a, score_a) == 1.0
+
+
+def test_replicates_without_both_classes_are_counted_and_left_out() -> None:
+    rng = np.random.default_rng(0)
+    target = np.zeros(60, bool)
+    target[[3, 40]] = True  # two malignant images of two of 30 patients: some draws have none
+    patients = np.repeat(np.arange(30), 2).astype(str)
+    summary = metric_summary(target, rng.normal(size=60), patients, n_boot=200, seed=1)
+    assert summary["bootstrap_dropped"] > 0 and np.isfinite(summary["auc_ci95"]).all()
