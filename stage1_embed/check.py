@@ -2,8 +2,10 @@
 
 Reads the CSVs and images as stage 1 does (content digests remembered in OUT, so a later stage 1
 run into the same folder hashes nothing again), judges every image's colour order, looks for
-identical images and conflicting metadata, measures the acquisition-field shortcut, and writes
-``OUT/data_check.json`` and ``OUT/data_check.html`` (the images of every finding)."""
+identical images and conflicting metadata, measures the acquisition-field shortcut and the shift
+between train and test and between the main data and each extra set (on the embeddings too when
+stage 1 wrote them into OUT), and writes ``OUT/data_check.json`` and ``OUT/data_check.html``
+(the images of every finding)."""
 
 from __future__ import annotations
 
@@ -45,7 +47,9 @@ COLOUR_SAMPLES = 6  # images per source shown as stored and as used
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m stage1_embed check", description=__doc__)
     p.add_argument("--data", type=Path, help="dataset folder (Kaggle layout)")
-    p.add_argument("--out", type=Path, required=True, help="folder for data_check.json/.html")
+    p.add_argument("--out", type=Path, required=True,
+                   help="folder for data_check.json/.html: stage 1's output folder reuses its "
+                   "content digests and embeddings")  # fmt: skip
     p.add_argument("--train-csv", type=Path, help="train CSV (default: DATA/train.csv)")
     p.add_argument("--test-csv", type=Path, help="test CSV (default: DATA/test.csv if present)")
     p.add_argument("--images", type=Path, help="image folder, if not inside --data")
