@@ -192,17 +192,8 @@ def _run_chunks(
     device = torch.device(settings.device)
     preprocess = Preprocess.from_data_config(backbone.data_config)
     batches = [batch for c in todo for batch in chunks[c]]
-    pin = device.type == "cuda"
-    iter_batches: Iterator[Batch]
     dataset = ImageDataset(source, refs, preprocess)
-    if settings.decode == "torchvision":
-        decoder = BatchDecoder(source, refs, preprocess, device)
-        raw = RawDataset(source, refs, preprocess)
-        iter_batches = map(
-            decoder, make_loader(raw, batches, settings.num_workers, pin, collate_raw)
-        )
-    else:
-        iter_batches = iter(make_loader(dataset, batches, settings.num_workers, pin))
+    iter_batches = _decoded_batches(dataset, batches, settings, device)
     total = sum(len(b) for b in batches)
     bar = progress_bar(total, backbone.spec.slug, settings.progress)
     first = next(iter_batches)
@@ -225,20 +216,42 @@ def _run_chunks(
     # torch only resizes single images beside ONNX Runtime: its own thread pool would contend.
     with torch_threads(1 if engine_used == "onnx" else None):
         for chunk in todo:
-            keys: list[RowKey] = []
-            vectors: list[np.ndarray] = []
-            failures: list[Failure] = []
-            for _ in chunks[chunk]:
-                batch, batch_vectors = next(embedded)
-                if batch_vectors is not None:
-                    vectors.append(batch_vectors)
-                    keys += [_row_key(refs[i], contents) for i in batch.indices]
-                failures += [(refs[i].split, refs[i].image_name, e) for i, e in batch.failures]
-                bar.update(len(batch.indices) + len(batch.failures))
-            matrix = np.concatenate(vectors) if vectors else np.zeros((0, parts.width), np.float32)
-            parts.write_part(chunk, keys, matrix, failures)
+            batches_of_chunk = itertools.islice(embedded, len(chunks[chunk]))  # lazily: pixels
+            _write_chunk(chunk, batches_of_chunk, refs, contents, parts, bar)  # are not kept
     bar.close()
     return total, engine_used
+
+
+def _decoded_batches(
+    dataset: ImageDataset, batches: list[list[int]], settings: EmbedSettings, device: torch.device
+) -> Iterator[Batch]:
+    """The batches as tensors: decoded by the loader's workers (PIL), or bitstreams read there
+    and decoded a batch at a time on the device (torchvision's nvJPEG)."""
+    pin = device.type == "cuda"
+    if settings.decode != "torchvision":
+        return iter(make_loader(dataset, batches, settings.num_workers, pin))
+    source, refs, preprocess = dataset.source, dataset.refs, dataset.preprocess
+    decoder = BatchDecoder(source, refs, preprocess, device)
+    raw = RawDataset(source, refs, preprocess)
+    return map(decoder, make_loader(raw, batches, settings.num_workers, pin, collate_raw))
+
+
+def _write_chunk(
+    chunk: int, embedded: Iterator[tuple[Batch, np.ndarray | None]], refs: list[ImageRef],
+    contents: Mapping[ImageKey, str], parts: PartsFolder, bar: Any,
+) -> None:  # fmt: skip
+    """One resumable part: the chunk's embedded rows, keyed by content, and its failures."""
+    keys: list[RowKey] = []
+    vectors: list[np.ndarray] = []
+    failures: list[Failure] = []
+    for batch, batch_vectors in embedded:
+        if batch_vectors is not None:
+            vectors.append(batch_vectors)
+            keys += [_row_key(refs[i], contents) for i in batch.indices]
+        failures += [(refs[i].split, refs[i].image_name, e) for i, e in batch.failures]
+        bar.update(len(batch.indices) + len(batch.failures))
+    matrix = np.concatenate(vectors) if vectors else np.zeros((0, parts.width), np.float32)
+    parts.write_part(chunk, keys, matrix, failures)
 
 
 @contextmanager

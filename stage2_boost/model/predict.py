@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -63,7 +64,33 @@ def run_predict(
     data = load_stage_data(features_dir, list(model.backbones), experts=experts)
     rows = data.split_index(split)
     scored = score_rows(model, data, rows, explain)
-    frame = data.frame.iloc[rows]
+    predictions = _prediction_table(scored, data.frame.iloc[rows], run, wanted)
+    unreadable = predictions["read_status"] != "ok"
+    metrics = None
+    if split == "train":  # labels exist: carry them, and say how well the model ranks them
+        labels = wanted.set_index("image_name")["target"]
+        predictions.insert(1, "target", labels.reindex(predictions["image_name"]).to_numpy())
+        metrics = _labelled_metrics(predictions[~unreadable])
+    out_dir = Path(out_dir)
+    ok = predictions[~unreadable]
+    _write_outputs(out_dir, predictions, ok, scored.contributions)
+    summary = PredictSummary(
+        out_dir, split, len(ok), int(unreadable.sum()), int((ok["patient_images"] == 1).sum()),
+        not provenance.get("patients_from_image_names", False), model.manifest["run_id"],
+        float(model.manifest["metrics"]["oof_auc"]), predictions,
+        list(provenance.get("skipped_files") or []), metrics, _warnings(model.manifest, ok),
+    )  # fmt: skip
+    for warning in summary.warnings:
+        logger.warning("%s", warning)
+    _write_page(summary, features_dir, split)
+    return summary
+
+
+def _prediction_table(
+    scored: Any, frame: pd.DataFrame, run: str, wanted: pd.DataFrame
+) -> pd.DataFrame:
+    """One row per wanted image: the scored ones with their context (and reasons), then the
+    unreadable ones with their status and no probability."""
     predictions = scored.predictions.assign(
         model_run=run,
         patient_images=frame.groupby("patient_id")["image_name"].transform("size").to_numpy(),
@@ -82,29 +109,19 @@ def run_predict(
                        len(unreadable))  # fmt: skip
         predictions = pd.concat([predictions, unreadable[["image_name", "patient_id", "read_status", "read_error"]]],
                                 ignore_index=True)  # fmt: skip
-    metrics = None
-    if split == "train":  # labels exist: carry them, and say how well the model ranks them
-        labels = wanted.set_index("image_name")["target"]
-        predictions.insert(1, "target", labels.reindex(predictions["image_name"]).to_numpy())
-        metrics = _labelled_metrics(predictions[predictions["read_status"] == "ok"])
-    out_dir = Path(out_dir)
+    return predictions
+
+
+def _write_outputs(
+    out_dir: Path, predictions: pd.DataFrame, ok: pd.DataFrame, contributions: pd.DataFrame | None
+) -> None:
+    """predictions.csv, the Kaggle submission.csv and (with --explain) explanations.csv."""
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_csv(predictions, out_dir / PREDICTIONS)
-    ok = predictions[predictions["read_status"] == "ok"]
     _write_csv(ok[["image_name", "probability"]].rename(columns={"probability": "target"}),
                out_dir / SUBMISSION)  # fmt: skip
-    if scored.contributions is not None:
-        _write_csv(scored.contributions, out_dir / EXPLANATIONS)
-    summary = PredictSummary(
-        out_dir, split, len(ok), len(unreadable), int((ok["patient_images"] == 1).sum()),
-        not provenance.get("patients_from_image_names", False), model.manifest["run_id"],
-        float(model.manifest["metrics"]["oof_auc"]), predictions,
-        list(provenance.get("skipped_files") or []), metrics, _warnings(model.manifest, ok),
-    )  # fmt: skip
-    for warning in summary.warnings:
-        logger.warning("%s", warning)
-    _write_page(summary, features_dir, split)
-    return summary
+    if contributions is not None:
+        _write_csv(contributions, out_dir / EXPLANATIONS)
 
 
 def check_scored_by(out: Path, run: str) -> None:
