@@ -35,7 +35,7 @@ from .extra import detect_extra, read_extra_table
 from .metadata import load_metadata
 from .pages import page_environment
 from .scan import ScanResult, scan_dataset
-from .schema import embeddings_path, extra_features_dir
+from .schema import embeddings_path, extra_features_dir, read_embeddings
 from .sources import SOURCES, ImageRef, ImageSource, create_source
 from .thumbnails import source_thumbnails
 
@@ -66,8 +66,10 @@ def run_check(config: Stage1Config) -> dict[str, Any]:
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     sets = [("main", config, load_metadata(config.train_csv_path, config.test_csv_path))]
+    extras = {}  # name -> the folder stage 1 writes its outputs to (OUT/extra/<name>)
     for root in config.extra_data:
         extra = detect_extra(root)
+        extras[extra.name] = extra_features_dir(out, root)
         table = read_extra_table(extra).assign(split="train")
         sets.append((extra.name, replace(config, data_dir=extra.root, images_dir=extra.images_dir,
                                          image_format="auto"), table))  # fmt: skip
@@ -92,14 +94,16 @@ def run_check(config: Stage1Config) -> dict[str, Any]:
               "channel_order": colours, "near_duplicates": near_duplicates(every),
               "metadata": metadata_conflicts(scans["main"][1].manifest),
               "shortcut": shortcut(scans["main"][1].manifest),
-              "shift": _shifts(out, {name: s.manifest for name, (_, s) in scans.items()}, config)}  # fmt: skip
+              "shift": _shifts(out, {name: s.manifest for name, (_, s) in scans.items()}, extras)}  # fmt: skip
     result["seconds"] = round(time.perf_counter() - started, 1)
     write_data_check(out, result)
     write_check_page(out, result, scans)
     return result
 
 
-def _shifts(out: Path, manifests: dict[str, pd.DataFrame], config: Stage1Config) -> dict[str, Any]:
+def _shifts(
+    out: Path, manifests: dict[str, pd.DataFrame], extras: dict[str, Path]
+) -> dict[str, Any]:
     """Adversarial validation of train vs test and of the main data vs each extra set, on the
     metadata and, where stage 1 already embedded both sides into OUT, on one backbone's
     embeddings (the first by name)."""
@@ -112,10 +116,8 @@ def _shifts(out: Path, manifests: dict[str, pd.DataFrame], config: Stage1Config)
             out,
             out,
         )
-    for root in config.extra_data:
-        name = detect_extra(root).name
-        pairs[f"main vs {name}"] = (main[main["split"] == "train"], manifests[name],
-                                    out, extra_features_dir(out, root))  # fmt: skip
+    for name, folder in extras.items():
+        pairs[f"main vs {name}"] = (main[main["split"] == "train"], manifests[name], out, folder)
     found = {}
     for label, (a, b, folder_a, folder_b) in pairs.items():
         both = pd.concat([a, b], ignore_index=True)
@@ -138,16 +140,14 @@ def _vectors(
         return None, None
     sides = []
     for folder, rows in ((folder_a, both.iloc[:n_a]), (folder_b, both.iloc[n_a:])):
-        table = pd.read_parquet(embeddings_path(folder, slugs[0]))
-        lookup = dict(zip(zip(table["split"], table["image_name"], strict=True),
-                          table["embedding"], strict=True))  # fmt: skip
-        width = len(table["embedding"].iloc[0])
-        missing = np.full(width, np.nan, np.float32)
-        sides += [
-            np.asarray(lookup.get((s, n), missing), np.float32)
-            for s, n in zip(rows["split"], rows["image_name"], strict=True)
-        ]
-    return np.stack(sides), slugs[0]
+        table = read_embeddings(embeddings_path(folder, slugs[0]))
+        index = pd.MultiIndex.from_frame(table.keys[["split", "image_name"]])
+        where = index.get_indexer(pd.MultiIndex.from_frame(rows[["split", "image_name"]]))
+        padded = np.vstack(
+            [table.vectors, np.full((1, table.vectors.shape[1]), np.nan, np.float32)]
+        )
+        sides.append(padded[where])  # -1 (no embedding) picks the NaN row
+    return np.vstack(sides), slugs[0]
 
 
 def write_check_page(

@@ -2,8 +2,9 @@
 
 A pipeline that writes OpenCV's BGR arrays through an RGB encoder (a common TFRecord and JPEG
 mistake) leaves every image with red and blue exchanged, and nothing downstream fails: the CNNs
-simply see blue skin. Dermoscopy is red-dominant: in the HAM10000 images 2% are bluer than red,
-in the swapped ISIC 2020 JPEGs 96% are (benchmarks/README.md). So each image's mean blue minus
+simply see blue skin. Dermoscopy is red-dominant: by the vote below, under 1% of the HAM10000
+images are bluer than red and all of the swapped ISIC 2020 JPEGs are (benchmarks/README.md,
+"Colour order"). So each image's mean blue minus
 mean red over its central part (the vignetted corners left out) votes, and a source's verdict is
 the share of blue-dominant images among those with a clear cast:
 

@@ -12,9 +12,11 @@ report: a fixed set of checks, each with its findings and a one-line summary.
   person's visits.
 - ``shortcut``: how well the acquisition fields alone (image width and height, file size,
   format) rank the label, patient-grouped out of fold, with a patient-bootstrap interval.
+- ``shift``: adversarial validation, how well a model tells train from test, or the main data
+  from an extra set (on metadata, embeddings and both).
 
 Every stage 1 run writes the cheap checks (colour order from a sample, duplicates, metadata);
-the check command adds every image's colour, the shortcut model and the page.
+the check command adds every image's colour, the shortcut and shift models and the page.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ logger = logging.getLogger(__name__)
 DATA_CHECK_JSON = "data_check.json"
 AGE_SPREAD = 25  # years between a patient's youngest and oldest image: not one person's visits
 SHORTCUT_WARNING = 0.6  # lower bound of the acquisition-only AUC above which a model can cheat
+SHIFT_WARNING = 0.6  # lower bound of the tell-apart AUC above which two sets differ
 _FIELDS = ("width", "height", "file_size", "source_format")
 
 
@@ -81,10 +84,6 @@ def metadata_conflicts(manifest: pd.DataFrame) -> list[dict[str, Any]]:
 def shortcut(manifest: pd.DataFrame, n_boot: int = 200, seed: int = 0) -> dict[str, Any]:
     """The label's AUC from the acquisition fields alone: a small gradient-boosted model,
     patient-grouped 5-fold out of fold, with a patient-bootstrap 95% interval."""
-    from sklearn.ensemble import HistGradientBoostingClassifier
-    from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import StratifiedGroupKFold
-
     rows = manifest[(manifest["split"] == "train") & manifest["target"].notna()
                     & (manifest["read_status"] == "ok")]  # fmt: skip
     target = rows["target"].astype(int).to_numpy()
@@ -96,12 +95,8 @@ def shortcut(manifest: pd.DataFrame, n_boot: int = 200, seed: int = 0) -> dict[s
         source_format=lambda t: t["source_format"].astype("category").cat.codes
     ).astype(float)  # fmt: skip
     patients = rows["patient_id"].astype(str).to_numpy()
-    oof = np.zeros(len(rows))
-    folds = StratifiedGroupKFold(n_splits=min(5, n_pos), shuffle=True, random_state=seed)
-    for fit, valid in folds.split(X, target, patients):
-        model = HistGradientBoostingClassifier(max_iter=100, learning_rate=0.05, random_state=seed)
-        oof[valid] = model.fit(X.iloc[fit], target[fit]).predict_proba(X.iloc[valid])[:, 1]
-    auc = float(roc_auc_score(target, oof))
+    oof = _grouped_oof(X.to_numpy(), None, target, patients, seed, learning_rate=0.05)
+    auc = _auc(target, oof)
     low, high = _patient_interval(target, oof, patients, n_boot, seed)
     warn = low > SHORTCUT_WARNING
     return {"auc": auc, "ci95": [low, high], "fields": list(_FIELDS), "warning": warn,
@@ -109,9 +104,6 @@ def shortcut(manifest: pd.DataFrame, n_boot: int = 200, seed: int = 0) -> dict[s
                        f"[{low:.3f}, {high:.3f}]: " + ("a model can learn the clinic or camera "
                        "instead of the lesion; keep the acquisition group out (the default) and "
                        "compare subgroups" if warn else "no strong shortcut through them"))}  # fmt: skip
-
-
-SHIFT_WARNING = 0.6  # lower bound of the tell-apart AUC above which two sets differ
 
 
 def shift(
@@ -153,7 +145,7 @@ def shift(
 
 def _grouped_oof(
     table: np.ndarray | None, images: np.ndarray | None, y: np.ndarray, groups: np.ndarray,
-    seed: int,
+    seed: int, learning_rate: float = 0.1,
 ) -> np.ndarray:  # fmt: skip
     """Out-of-fold scores of a small booster, patients never split; ``images`` reduced to 16
     components by a PCA fitted inside each fold."""
@@ -172,7 +164,9 @@ def _grouped_oof(
             pca = PCA(min(16, images.shape[1]), random_state=seed).fit(images[fit])
             parts_fit.append(pca.transform(images[fit]))
             parts_valid.append(pca.transform(images[valid]))
-        model = HistGradientBoostingClassifier(max_iter=100, learning_rate=0.1, random_state=seed)
+        model = HistGradientBoostingClassifier(
+            max_iter=100, learning_rate=learning_rate, random_state=seed
+        )
         model.fit(np.hstack(parts_fit), y[fit])
         oof[valid] = model.predict_proba(np.hstack(parts_valid))[:, 1]
     return oof

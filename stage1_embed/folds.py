@@ -108,7 +108,10 @@ def _warn_few_positives(target: np.ndarray, folds: np.ndarray, name: str) -> Non
 def folds_key(train: pd.DataFrame, n_folds: int, seed: int, merge_duplicates: bool = True) -> str:
     """Identity of a fold assignment: the training images, their labels and fold groups, the
     number of folds and the seed."""
-    groups = fold_groups(train, merge_duplicates)
+    return _key(train, n_folds, seed, fold_groups(train, merge_duplicates))
+
+
+def _key(train: pd.DataFrame, n_folds: int, seed: int, groups: pd.Series) -> str:
     text = "\n".join(sorted(f"{n}\t{p}\t{t}\t{g}" for n, p, t, g in zip(
         train["image_name"], train["patient_id"], train["target"], groups, strict=True
     )))  # fmt: skip
@@ -120,8 +123,8 @@ def load_or_make_folds(
 ) -> tuple[np.ndarray, bool]:
     """Reuse ``path`` if it was made for the same images, groups, folds and seed; else make and
     save (with each image's fold group)."""
-    key = folds_key(train, n_folds, seed, merge_duplicates)
     groups = fold_groups(train, merge_duplicates)
+    key = _key(train, n_folds, seed, groups)
     if path.is_file():
         meta = pq.read_schema(path).metadata or {}
         if json.loads(meta.get(_META_KEY, b"{}")).get("key") == key:

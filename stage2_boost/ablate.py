@@ -22,7 +22,7 @@ from .config import Stage2Config
 from .cv import oof_rows
 from .errors import OutputError
 from .evidence import METRICS_FILE, Evidence, read_evidence, resolve_run, run_folder
-from .model.calibration import blend_logit
+from .model.calibration import Platt, blend_logit
 from .model.save import MODEL_DIR
 from .outputs import write_metrics
 from .train import PreparedRun, _adapter, ablate, prepare_run
@@ -109,6 +109,8 @@ def _rewrite_report(
 
     oof = pd.read_parquet(stage2 / "oof.parquet")
     importance = pd.read_parquet(stage2 / "importance.parquet")
+    calibration = metrics["calibration"]
+    platt = Platt(calibration["slope"], calibration["intercept"])
     galleries = report_galleries(oof, run.data, models, evaluation, run.config.features_dir,
-                                 run.cache)  # fmt: skip
+                                 run.cache, platt)  # fmt: skip
     write_report(stage2, metrics, oof, importance, run.data, run.cache, galleries)

@@ -62,18 +62,18 @@ class Galleries:
 
 def report_galleries(
     oof: pd.DataFrame, data: StageData, models: Sequence[tuple[str, list[Any]]],
-    evaluation: Sequence[FoldMatrices], features_dir: Path, cache: ContentCache,
+    evaluation: Sequence[FoldMatrices], features_dir: Path, cache: ContentCache, platt: Platt,
 ) -> Galleries:  # fmt: skip
     """The report's galleries from the run's out-of-fold predictions (``models``: name and fold
     models of each booster), with thumbnails and TreeSHAP reasons."""
     duckling, order = _duckling_scores(data, oof, evaluation)
-    # one number per card that orders as the rank does: the run's own Platt fit of the blend
-    # (what its saved model gives for that score), not the cross-fitted probability, which
-    # calibrates each fold by the others and so may order two images across folds the other way
+    # one number per card that orders as the rank does: the run's own calibration of the blend
+    # (``platt``, what its saved model gives for that score), not the cross-fitted probability,
+    # which calibrates each fold by the others and may order two images across folds otherwise
     logit = scipy_logit(oof["blend"].to_numpy(float).clip(1e-12, 1 - 1e-12))
     rank = oof["blend"].rank(ascending=False, method="min").astype(int)
     ranked = oof.assign(rank=rank, tied=rank.map(rank.value_counts()) > 1, duckling=duckling,
-                        shown=Platt.fit(logit, oof["target"].to_numpy(int))(logit))  # fmt: skip
+                        shown=platt(logit))  # fmt: skip
     malignant = ranked[ranked["target"] == 1].nsmallest(GALLERY_SIZE, "blend")
     benign = ranked[ranked["target"] == 0].nlargest(GALLERY_SIZE, "blend")
     counts = ranked.groupby("patient_id")["target"].agg(["size", "sum"])

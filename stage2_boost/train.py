@@ -620,7 +620,7 @@ def _write_outputs(
         from .report import write_report
 
         galleries = report_galleries(oof, data, [(m.name, m.cv.models) for m in models],
-                                     evaluation, config.features_dir, cache)  # fmt: skip
+                                     evaluation, config.features_dir, cache, blended.platt)  # fmt: skip
         write_report(out, metrics, oof, importance, data, cache, galleries)
 
 
