@@ -42,11 +42,10 @@ _FIELDS = ("width", "height", "file_size", "source_format")
 
 def near_duplicates(manifest: pd.DataFrame) -> list[dict[str, Any]]:
     """Every pair of images with identical stored bytes, flagged by what it crosses."""
-    usable = manifest[manifest["content_sha256"].notna()]
+    digests = manifest["content_sha256"]
+    shared = manifest[digests.notna() & digests.duplicated(keep=False)]  # only those can pair
     pairs = []
-    for digest, group in usable.groupby("content_sha256", sort=True):
-        if len(group) < 2:
-            continue
+    for digest, group in shared.groupby("content_sha256", sort=True):
         for (_, a), (_, b) in itertools.combinations(group.iterrows(), 2):
             pairs.append({
                 "image_a": a["image_name"], "image_b": b["image_name"],
@@ -67,8 +66,16 @@ def _labels_differ(a: Any, b: Any) -> bool:
 
 def metadata_conflicts(manifest: pd.DataFrame) -> list[dict[str, Any]]:
     """Patients whose rows disagree: two sexes, or an age spread no series of visits has."""
+    per_patient = manifest.groupby("patient_id").agg(
+        sexes=("sex", "nunique"), youngest=("age_approx", "min"), oldest=("age_approx", "max")
+    )
+    odd = per_patient[
+        (per_patient["sexes"] > 1) | (per_patient["oldest"] - per_patient["youngest"] > AGE_SPREAD)
+    ]
     found = []
-    for patient, rows in manifest.groupby("patient_id", sort=True):
+    for patient, rows in manifest[manifest["patient_id"].isin(odd.index)].groupby(
+        "patient_id", sort=True
+    ):
         sexes = sorted(set(rows["sex"].dropna()))
         if len(sexes) > 1:
             found.append({"patient_id": patient, "problem": "more than one sex",
