@@ -5,7 +5,7 @@
 Builds a Kaggle-layout folder of ``--images`` distinct files (hard links to the 1,847 shared ISIC
 JPEGs under new names, with their CSV rows), then times the scan that decides what is up to
 date: (1) without content digests (index + header probe only: names and sizes, what the
-fingerprint covered before); (2) the first scan with digests (every file read and hashed; the
+digest covered before); (2) the first scan with digests (every file read and hashed; the
 files are in the page cache here, so this is the CPU's sha256 speed, a cold disk is slower);
 (3) a no-op rerun (digests remembered with size, mtime, ctime and inode: one stat per file);
 (4) a rerun after one file was replaced (that file hashed again).

@@ -7,7 +7,7 @@ plain JPEGs (PNG, DICOM other than baseline JPEG, CMYK) and any that torchvision
 decoded on the CPU as before, one by one, so a bad file is still a per-image failure.
 
 Pixels differ slightly from the CPU path (another JPEG decoder and resize kernel, no DCT draft
-scaling), so the decode path is part of the embeddings' settings hash.
+scaling), so the decode path is part of the embeddings' settings digest.
 """
 
 from __future__ import annotations

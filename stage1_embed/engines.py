@@ -5,7 +5,7 @@ Each backbone is exported once per (weights sha256, input size) to the cache fol
 (``$MELANOMA_STACK_CACHE/onnx``, beside the converted weights), with normalisation inside the graph
 so it takes the same uint8 batches as the torch path. At export the ONNX model is checked against
 torch on real images from the dataset: below a cosine of 0.9999 the backbone falls back to torch
-with a warning. The engine is part of the embeddings' provenance and settings hash: the two
+with a warning. The engine is part of the embeddings' provenance and settings digest: the two
 engines agree to ~1e-5, not bit for bit, so their embeddings are separate cache entries.
 """
 

@@ -26,10 +26,10 @@ RowKey = tuple[str, str, str | None]  # (split, image_name, content sha256)
 
 @dataclass(frozen=True)
 class PartsFolder:
-    """The parts of one backbone under one settings hash."""
+    """The parts of one backbone under one settings digest."""
 
     folder: Path
-    settings_hash: str
+    settings_digest: str
     n_chunks: int
     width: int
 
@@ -42,7 +42,7 @@ class PartsFolder:
             meta = read_provenance(path)
         except Exception:  # unreadable or torn part: it is simply redone
             return False
-        return meta.get("settings_hash") == self.settings_hash and meta.get("chunk") == chunk
+        return meta.get("settings_digest") == self.settings_digest and meta.get("chunk") == chunk
 
     def missing_chunks(self) -> list[int]:
         return [c for c in range(self.n_chunks) if not self.has_part(c)]
@@ -50,7 +50,7 @@ class PartsFolder:
     def write_part(
         self, chunk: int, keys: list[RowKey], vectors: np.ndarray, failures: list[Failure]
     ) -> None:
-        meta = {"settings_hash": self.settings_hash, "chunk": chunk, "failures": failures}
+        meta = {"settings_digest": self.settings_digest, "chunk": chunk, "failures": failures}
         table = _table(keys, vectors, self.width, meta)
         with atomic_path(self.part_path(chunk)) as tmp:
             pq.write_table(table, tmp)

@@ -34,7 +34,7 @@ from .schema import (
     MANIFEST_FILE,
     embeddings_path,
     extra_features_dir,
-    input_fingerprint,
+    inputs_digest,
     write_manifest,
 )
 from .scoring import (
@@ -131,7 +131,7 @@ def check_output_folder(config: Stage1Config, out: Path) -> None:
     try:
         before = json.loads(previous.read_text())
     except (OSError, json.JSONDecodeError):
-        return  # a damaged record: the content fingerprints still decide what is reused
+        return  # a damaged record: the content digests still decide what is reused
     scoring, scored_before = config.model_dir is not None, before.get("model_dir") is not None
     data = str(config.root.resolve())
     other_data = before.get("data_dir_resolved") not in (None, data)
@@ -168,7 +168,7 @@ def _run_locked(config: Stage1Config, out: Path) -> Stage1Summary:
     source = create_source(config.root, config.images_dir, config.image_format, config.max_pixels)
     scan = scan_dataset(table, source, skip_missing=config.skip_missing, out=out)
     _save_cross_check(scan, out)
-    fingerprint = input_fingerprint(scan.manifest)
+    digest = inputs_digest(scan.manifest)
     refs = [scan.refs[k] for k in sorted(scan.refs)]
     colours = _channel_orders(config, source, refs)
     write_data_check(out, cheap_checks(scan.manifest, colours))
@@ -179,20 +179,22 @@ def _run_locked(config: Stage1Config, out: Path) -> Stage1Summary:
     summary.colours = colours
     plan = ShardPlan(out) if config.num_shards > 1 else None
     if plan is not None:
-        plan.join(config.shard_index, {"num_shards": config.num_shards, "input_fingerprint":
-                  fingerprint, "backbones": [s.text for s in specs]})  # fmt: skip
+        plan.join(config.shard_index, {"num_shards": config.num_shards, "inputs_digest":
+                  digest, "backbones": [s.text for s in specs]})  # fmt: skip
     for spec in specs:
         backbone = _backbone(spec, config, expected.get(spec.slug))
         if plan is not None:  # input size, crop, TTA, weights, precision, chunk size
-            provenance = backbone_provenance(backbone, settings, fingerprint, len(refs))
-            plan.join(config.shard_index, {f"settings of {spec.slug}": provenance["settings_hash"]})
+            provenance = backbone_provenance(backbone, settings, digest, len(refs))
+            plan.join(
+                config.shard_index, {f"settings of {spec.slug}": provenance["settings_digest"]}
+            )
         summary.results.append(
-            embed_backbone(backbone, source, refs, out, fingerprint, settings, scan.contents)
+            embed_backbone(backbone, source, refs, out, digest, settings, scan.contents)
         )
     failures = _all_failures(scan, summary.results)
     summary.n_failures = len(failures)
     summary.complete = all(r.status != "waiting-for-shards" for r in summary.results)
-    _write_manifest(scan, config, fingerprint, failures, skipped, colours)
+    _write_manifest(scan, config, digest, failures, skipped, colours)
     _check_failure_limit(failures, config.max_failures, out)
     for result in summary.results:
         if result.status == "computed" and result.parts is not None:
@@ -305,7 +307,7 @@ def _all_failures(scan: ScanResult, results: list[BackboneResult]) -> dict[tuple
 
 
 def _write_manifest(
-    scan: ScanResult, config: Stage1Config, fingerprint: str,
+    scan: ScanResult, config: Stage1Config, digest: str,
     failures: dict[tuple[str, str], str], skipped: list[str] | None = None,
     colours: dict[str, dict[str, Any]] | None = None,
 ) -> None:  # fmt: skip
@@ -320,7 +322,7 @@ def _write_manifest(
         manifest.loc[failed, "read_error"] = errors.reindex(keys[failed]).to_numpy()
     has_train = Path(config.train_csv_path).is_file()
     provenance = {
-        "input_fingerprint": fingerprint,
+        "inputs_digest": digest,
         "dataset": config.dataset_name,
         "train_csv": str(Path(config.train_csv_path).resolve()) if has_train else None,
         "train_csv_sha256": file_sha256(config.train_csv_path) if has_train else None,

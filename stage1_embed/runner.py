@@ -36,7 +36,7 @@ from .schema import (
 from .sources import ImageKey, ImageRef, ImageSource
 
 logger = logging.getLogger(__name__)
-# the libraries that decode, preprocess and embed: their versions are part of the settings hash
+# the libraries that decode, preprocess and embed: their versions are part of the settings digest
 _LIBRARIES = ("torch", "torchvision", "timm", "onnxruntime", "onnx", "numpy", "pillow",
               "pydicom", "pylibjpeg", "pylibjpeg-libjpeg", "pyarrow")  # fmt: skip
 
@@ -79,7 +79,7 @@ class BackboneResult:
 
 
 def backbone_provenance(
-    backbone: Backbone, settings: EmbedSettings, fingerprint: str, n_images: int
+    backbone: Backbone, settings: EmbedSettings, digest: str, n_images: int
 ) -> dict[str, Any]:
     """Everything that determines the embeddings, plus library versions; hashed for reruns."""
     w = backbone.weights
@@ -98,7 +98,7 @@ def backbone_provenance(
         "channel_order": dict(settings.channel_orders),
         "resize": RESIZE_ENGINE,
         "chunk_size": settings.chunk_size,
-        "input_fingerprint": fingerprint,
+        "inputs_digest": digest,
         "schema_version": SCHEMA_VERSION,
         # what shapes the pixels and the embeddings besides the settings: the decoding,
         # preprocessing and embedding code and the libraries under it (common.code_digest)
@@ -106,12 +106,12 @@ def backbone_provenance(
         "libraries": library_versions(_LIBRARIES) | {"python": sys.version.split()[0]},
     }
     # what turns an image into its embedding, whatever the images are: a row embedded under the
-    # same embedder hash from the same bytes is reused by a rerun on changed inputs
-    embedder = {k: v for k, v in relevant.items() if k not in ("input_fingerprint", "chunk_size")}
+    # same embedder digest from the same bytes is reused by a rerun on changed inputs
+    embedder = {k: v for k, v in relevant.items() if k not in ("inputs_digest", "chunk_size")}
     return {
         **relevant,
-        "settings_hash": json_digest(relevant),
-        "embedder_hash": json_digest(embedder),
+        "settings_digest": json_digest(relevant),
+        "embedder_digest": json_digest(embedder),
         "n_images": n_images,
     }
 
@@ -121,24 +121,24 @@ def embed_backbone(
     source: ImageSource,
     refs: list[ImageRef],
     features_dir: Path,
-    fingerprint: str,
+    digest: str,
     settings: EmbedSettings,
     contents: Mapping[ImageKey, str],
 ) -> BackboneResult:
     """Embed this shard's missing chunks of the images whose content has no embedding yet; the
     caller checks failures and assembles (with the reused rows)."""
     slug = backbone.spec.slug
-    provenance = backbone_provenance(backbone, settings, fingerprint, len(refs))
+    provenance = backbone_provenance(backbone, settings, digest, len(refs))
     final = embeddings_path(features_dir, slug)
     previous = _previous(final)
-    if previous.get("settings_hash") == provenance["settings_hash"]:
+    if previous.get("settings_digest") == provenance["settings_digest"]:
         logger.info(
             "%s: embeddings are up to date (same image contents and settings), skipping", slug
         )
         failures = [tuple(f) for f in previous.get("failures", [])]
         return BackboneResult(slug, "cached", 0, 0.0, settings.device, failures, None, previous)
     reused = None
-    if previous.get("embedder_hash") == provenance["embedder_hash"]:
+    if previous.get("embedder_digest") == provenance["embedder_digest"]:
         reused = _unchanged_rows(final, refs, contents)
     if reused is not None:
         done = set(
@@ -156,8 +156,8 @@ def embed_backbone(
         Path(features_dir)
         / EMBEDDINGS_DIR
         / ".parts"
-        / f"{slug}-{provenance['settings_hash'][:12]}",
-        provenance["settings_hash"],
+        / f"{slug}-{provenance['settings_digest'][:12]}",
+        provenance["settings_digest"],
         len(chunks),
         backbone.num_features,
     )

@@ -63,7 +63,7 @@ class EmbeddingTable:
     path: Path
 
 
-def input_fingerprint(manifest: pd.DataFrame) -> str:
+def inputs_digest(manifest: pd.DataFrame) -> str:
     """sha256 over the sorted (split, image_name, content sha256) of the readable images."""
     rows = manifest.loc[manifest["read_status"] == "ok", ["split", "image_name", "content_sha256"]]
     text = "\n".join(f"{s}\t{n}\t{z}" for s, n, z in sorted(rows.itertuples(index=False)))
@@ -122,9 +122,9 @@ def read_provenance(path: Path) -> dict[str, Any]:
 
 
 def write_manifest(manifest: pd.DataFrame, features_dir: Path, provenance: dict[str, Any]) -> Path:
-    """Write ``manifest.parquet`` atomically; ``provenance`` must carry ``input_fingerprint``."""
-    if "input_fingerprint" not in provenance:
-        raise ValueError("manifest provenance needs the scan's input_fingerprint")
+    """Write ``manifest.parquet`` atomically; ``provenance`` must carry ``inputs_digest``."""
+    if "inputs_digest" not in provenance:
+        raise ValueError("manifest provenance needs the scan's inputs_digest")
     table = pa.Table.from_pandas(
         manifest[MANIFEST_SCHEMA.names], MANIFEST_SCHEMA, preserve_index=False
     )

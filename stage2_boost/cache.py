@@ -1,6 +1,7 @@
 """One content-addressed cache for stage 2: fold features, evaluation refits, report figures.
 
-An entry is a folder ``OUT/stage2/cache/<kind>/<key>/`` whose key is a digest of the inputs the
+The words: a *digest* is a sha256 of content (``data_digest``, ``update_digest``); a *key*
+names a cache entry (``content_key``, a fold's ``cache_key``). An entry is a folder ``OUT/stage2/cache/<kind>/<key>/`` whose key is a digest of the inputs the
 computation actually used: the data it read (every value of the row table, the embedding and
 expert arrays, labels and fold assignment), its parameters, the source code of both packages
 (a superset of what stage 2 imports, found by walking the folders, not listed by hand) and the

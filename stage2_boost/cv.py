@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -159,28 +159,12 @@ def cross_validate(
         test = adapter.predict(fitted, fold.X_test) if fold.X_test is not None else None
         return fitted, adapter.predict(fitted, fold.X_valid), test
 
-    def results() -> Generator[tuple[Fitted, np.ndarray, np.ndarray | None], None, None]:
-        """Each fold's fit, in fold order; with several workers they run side by side."""
-        workers = max(1, min(adapter.workers, len(folds)))
-        if workers == 1:
-            yield from map(fit, folds)
-            return
-        with ThreadPoolExecutor(workers) as pool:
-            futures = [pool.submit(fit, fold) for fold in folds]
-            try:
-                for future in futures:
-                    yield future.result()
-            finally:  # done, pruned or failed: fits still running end at their next round
-                stop.set()
-                for future in futures:
-                    future.cancel()
-
     n = sum(len(f.valid_rows) for f in folds)
     oof, aucs, iterations, tests = np.full(n, np.nan), [], [], []
     kept: list[Fitted] = []
     gains: dict[str, float] = {}
     offsets = np.cumsum([0] + [len(f.valid_rows) for f in folds])
-    fits = results()
+    fits = _in_fold_order(fit, folds, max(1, min(adapter.workers, len(folds))), stop)
     try:
         for fold, start, (fitted, pred, test) in zip(folds, offsets[:-1], fits, strict=True):
             oof[start : start + len(pred)] = pred
@@ -198,6 +182,30 @@ def cross_validate(
         fits.close()
     test_pred = np.mean(tests, axis=0) if tests else None
     return CVResult(oof, aucs, iterations, test_pred, gains, kept)
+
+
+_Fold = TypeVar("_Fold")
+_Result = TypeVar("_Result")
+
+
+def _in_fold_order(
+    fit: Callable[[_Fold], _Result], folds: Sequence[_Fold], workers: int, stop: threading.Event
+) -> Generator[_Result, None, None]:
+    """Each fold's fit, in fold order; with several workers they run side by side, and when the
+    caller stops early (done, pruned or failed) ``stop`` is set so running fits end at their next
+    round."""
+    if workers == 1:
+        yield from map(fit, folds)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        futures = [pool.submit(fit, fold) for fold in folds]
+        try:
+            for future in futures:
+                yield future.result()
+        finally:
+            stop.set()
+            for future in futures:
+                future.cancel()
 
 
 def oof_rows(folds: Sequence[FoldMatrices]) -> np.ndarray:

@@ -117,7 +117,7 @@ def _load_one(features_dir: Path, backbones: list[str] | None) -> StageData:
     for slug in wanted:
         path = embeddings_path(features_dir, slug)
         table = read_embeddings(path)
-        _check_fingerprint(table.provenance, provenance, path)
+        _check_inputs_digest(table.provenance, provenance, path)
         data.embeddings[slug] = _aligned(table.keys, table.vectors, frame, path)
         data.embedding_provenance[slug] = table.provenance
     return data
@@ -178,10 +178,10 @@ def _check_csv_unchanged(provenance: dict[str, Any], manifest_path: Path) -> Non
         )
 
 
-def _check_fingerprint(emb: dict[str, Any], manifest: dict[str, Any], path: Path) -> None:
-    if emb.get("input_fingerprint") != manifest.get("input_fingerprint"):
+def _check_inputs_digest(emb: dict[str, Any], manifest: dict[str, Any], path: Path) -> None:
+    if emb.get("inputs_digest") != manifest.get("inputs_digest"):
         raise ContractError(
-            f"{path} was computed from a different input than manifest.parquet (input fingerprints "
+            f"{path} was computed from a different input than manifest.parquet (inputs digests "
             f"differ: the images or CSV changed since). {REBUILD_HINT}"
         )
 

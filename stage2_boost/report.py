@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.patches import Patch
+from sklearn.calibration import calibration_curve
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from stage1_embed.common import atomic_path, atomic_write_text
@@ -26,7 +27,7 @@ from .features import feature_group_of
 from .galleries import Galleries
 from .html_pages import write_report_html
 from .metrics import metric_table
-from .model.calibration import reliability_table
+from .model.calibration import ECE_BINS
 
 GROUP_COLOURS = {"metadata": "#1f77b4", "patient": "#ff7f0e", "embedding": "#2ca02c",
                  "ugly-duckling": "#d62728", "acquisition": "#9467bd", "probe": "#8c564b",
@@ -87,8 +88,10 @@ def _reliability_plot(oof: pd.DataFrame, brier_score: float, ece: float) -> plt.
         ("blend", "uncalibrated blend"),
         ("probability", "calibrated (cross-fitted)"),
     ):
-        points = reliability_table(target, oof[column].to_numpy(dtype=float))
-        ax.plot([p for p, _, _ in points], [o for _, o, _ in points], "o-", label=label)
+        observed, predicted = calibration_curve(
+            target, oof[column].to_numpy(dtype=float), n_bins=ECE_BINS, strategy="quantile"
+        )
+        ax.plot(predicted, observed, "o-", label=label)
     top = float(max(oof["probability"].max(), oof["blend"].max(), target.mean() * 2))
     ax.plot([0, top], [0, top], c="grey", ls=":", label="perfect")
     ax.set(xlabel="predicted probability (bin mean)",

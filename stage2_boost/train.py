@@ -138,7 +138,7 @@ class PreparedRun:
     n_components: int
     n_pos_all: int
     cache: ContentCache
-    inputs: str  # every value of every row, embedding and expert probability
+    rows_digest: str  # every value of every row, embedding and expert probability
     key_parts: dict[str, Any]
 
     @property
@@ -155,7 +155,7 @@ class PreparedRun:
         names: tuple[str, ...] | None = None,
     ) -> list[FoldMatrices]:  # fmt: skip
         names = names or self.groups
-        key = content_key("folds", self.inputs, self.key_parts | {"groups": names},
+        key = content_key("folds", self.rows_digest, self.key_parts | {"groups": names},
                           self.train_rows, split, seed, test, self.extra_rows)  # fmt: skip
         return cached_folds(self.cache, key, lambda: prepare_folds(
             self.data, self.train_rows, split, lambda: self.make_groups(names), seed, test,
@@ -337,7 +337,7 @@ def _extra_summary(data: StageData, extra_rows: np.ndarray) -> dict[str, Any]:
 
 
 _MODEL_PROVENANCE = ("backbone_spec", "slug", "architecture", "num_features", "weights", "pretrained",
-                     "preprocessing", "tta_views", "precision", "engine", "chunk_size", "settings_hash",
+                     "preprocessing", "tta_views", "precision", "engine", "chunk_size", "settings_digest",
                      "channel_order")  # fmt: skip
 
 
@@ -399,12 +399,12 @@ def auto_components(n_pos: int, n_backbones: int) -> int:
 def _feature_set(run: PreparedRun, columns: Any) -> dict[str, Any]:
     config = run.config
     # the study is tied to the data it tunes on: other data, other study (same data: shared)
-    fingerprint = data_digest(run.inputs, run.key_parts, run.train_rows, run.folds, run.extra_rows)
+    digest = data_digest(run.rows_digest, run.key_parts, run.train_rows, run.folds, run.extra_rows)
     return {"groups": list(run.groups), "backbones": run.backbones, "reduction": config.reduction,
             "n_components": run.n_components, "n_features": len(columns),
             "folds": config.n_folds, "seed": config.seed, "extra_sources": run.data.extra_sources,
             "experts": run.experts, "expert_transform": config.expert_transform,
-            "data_fingerprint": fingerprint[:12]}  # fmt: skip
+            "data_digest": digest[:12]}  # fmt: skip
 
 
 def _feature_key(feature_set: dict[str, Any]) -> str:
@@ -413,7 +413,7 @@ def _feature_key(feature_set: dict[str, Any]) -> str:
     has_images = bool(IMAGE_GROUPS & set(feature_set["groups"]))
     extra = "".join(f".x-{name}" for name in feature_set.get("extra_sources", []))
     extra += "".join(f".e-{name}" for name in feature_set.get("experts", []))
-    data = f".d{feature_set['data_fingerprint']}" if "data_fingerprint" in feature_set else ""
+    data = f".d{feature_set['data_digest']}" if "data_digest" in feature_set else ""
     return f"{groups}{'.' + images if has_images else ''}{extra}.f{feature_set['folds']}s{feature_set['seed']}{data}"
 
 
@@ -511,7 +511,7 @@ def _metrics(
             s: _short_provenance(p) for s, p in data.embedding_provenance.items()
         },
         "n_features": feature_set["n_features"],
-        "data_fingerprint": feature_set["data_fingerprint"],
+        "data_digest": feature_set["data_digest"],
         "dataset": data.dataset,
         "colours": colour_notes(data.provenance) if data.embeddings else [],
         "folds": {
@@ -574,7 +574,7 @@ def _short_provenance(p: dict[str, Any]) -> dict[str, Any]:
         "weights",
         "preprocessing",
         "tta_views",
-        "settings_hash",
+        "settings_digest",
     )
     return {k: p.get(k) for k in keys}
 

@@ -191,13 +191,11 @@ def open_study(
 
 
 def fail_interrupted_trials(study: optuna.Study) -> int:
-    """Mark trials left RUNNING by a killed process as FAIL; returns how many."""
+    """Mark trials left RUNNING by a killed process as FAIL (Optuna's ``Study.tell``, which takes
+    a trial number from any process); returns how many."""
     stale = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
     for trial in stale:
-        study._storage.set_trial_system_attr(
-            trial._trial_id, "fail_reason", "interrupted (process killed)"
-        )
-        study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
     if stale:
         logger.warning("%s: %d interrupted trial(s) marked failed", study.study_name, len(stale))
     return len(stale)

@@ -19,17 +19,35 @@ HAM = SHARED / "data" / "ham10000_half"
 WEIGHTS = SHARED / "weights"
 
 
+# Fixtures that read ../shared: a test using one is a ``shared`` test without saying so.
+SHARED_FIXTURES = frozenset({"isic_layout", "shared_weights"})
+
+
 def require(path: Path) -> Path:
-    """Skip the test, with the reason, when a ../shared resource is absent."""
+    """A ../shared resource a ``shared`` test reads; missing, the test fails saying what to do."""
     if not path.exists():
-        pytest.skip(f"needs {path} (the shared data/weights folder beside the repository)")
+        pytest.fail(
+            f"needs {path}: put the shared data folder beside the repository (or set "
+            "MELANOMA_SHARED_DIR), and mark the test @pytest.mark.shared so that a clone without "
+            "it leaves the test out",
+            pytrace=False,
+        )
     return path
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked ``gpu`` need CUDA: skipped, saying so, on machines without it."""
+    """Without ../shared, the few ``shared`` tests are left out (deselected, and the header says
+    so); tests marked ``gpu`` are skipped, saying so, on machines without CUDA."""
     import torch
 
+    for item in items:
+        if SHARED_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.shared)
+    if not SHARED.is_dir():
+        left_out = [item for item in items if "shared" in item.keywords]
+        items[:] = [item for item in items if "shared" not in item.keywords]
+        config.hook.pytest_deselected(items=left_out)
+        config.stash[_LEFT_OUT] = len(left_out)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(
@@ -38,6 +56,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+_LEFT_OUT = pytest.StashKey[int]()
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    left_out = config.stash.get(_LEFT_OUT, 0)
+    if left_out:
+        terminalreporter.write_line(
+            f"{left_out} tests on the real shared data were left out: {SHARED} is absent "
+            "(put the shared folder beside the repository or set MELANOMA_SHARED_DIR to run them)"
+        )
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -115,7 +115,9 @@ def test_killed_study_resumes_and_the_interrupted_trial_is_failed(features: Path
     name = optuna.get_all_study_summaries(storage)[0].study_name
     before = optuna.load_study(study_name=name, storage=storage).trials
     finished_before = sum(t.state.is_finished() for t in before)
-    subprocess.run([*args, "--trials", "2"], cwd=REPO, check=True, capture_output=True)
+    resumed = subprocess.run(
+        [*args, "--trials", "2"], cwd=REPO, check=True, capture_output=True, text=True
+    )
     after = optuna.load_study(study_name=name, storage=storage).trials
     states = [t.state for t in after]
     assert optuna.trial.TrialState.RUNNING not in states
@@ -126,7 +128,7 @@ def test_killed_study_resumes_and_the_interrupted_trial_is_failed(features: Path
     )
     interrupted = [t for t in after if t.state == optuna.trial.TrialState.FAIL]
     assert len(interrupted) == len(before) - finished_before
-    assert all(t.system_attrs.get("fail_reason", "").startswith("interrupted") for t in interrupted)
+    assert f"{len(interrupted)} interrupted trial(s) marked failed" in resumed.stderr
 
 
 def test_stage2_refuses_features_made_from_an_older_csv(tiny_dataset: Path, tmp_path: Path) -> None:
@@ -170,6 +172,7 @@ def _trial_seconds(features: Path) -> float:
     return float(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.shared
 @pytest.mark.slow
 def test_a_trial_beside_a_busy_process_is_not_many_times_slower(tmp_path: Path) -> None:
     """One busy process in a session of its own (another terminal's pure-Python loop) takes one

@@ -78,16 +78,8 @@ def train_fold(
     outcome, best_state, start, schedule_step = FoldOutcome(best_epoch=0), None, 0, 0
     checkpoint = folder / "checkpoint.pt"
     if checkpoint.is_file():  # resume after the last finished epoch
-        saved = torch.load(checkpoint, map_location=device, weights_only=True)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        schedule.load_state_dict(saved["schedule"])
-        start = int(saved["epoch"]) + 1
+        start, outcome, best_state = _resume(checkpoint, model, optimizer, schedule, device)
         schedule_step = start * steps_per_epoch
-        outcome = FoldOutcome(
-            int(saved["best_epoch"]), list(saved["inner_aucs"]), list(saved["losses"])
-        )
-        best_state = load_file(str(folder / "best.safetensors"), device=str(device))
         logger.info("fold %d: resuming after epoch %d", fold, start)
     autocast = torch.autocast(
         device.type, torch.bfloat16, enabled=recipe.precision == "bf16" and device.type == "cuda"
@@ -96,19 +88,10 @@ def train_fold(
         torch.manual_seed(recipe.seed * 100_003 + fold * 1_009 + epoch)
         loader = DataLoader(TrainingSet(store, fit, fit_y, recipe), batch_size=recipe.batch_size,
                             shuffle=True, num_workers=workers, drop_last=len(fit) > recipe.batch_size)  # fmt: skip
-        model.train()
-        total, seen = 0.0, 0
-        for pixels, labels in loader:
-            with autocast:
-                loss = loss_fn(
-                    model(pixels.to(device, non_blocking=True)).float(), labels.to(device).float()
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step_update(schedule_step := schedule_step + 1)
-            total, seen = total + float(loss.detach()) * len(labels), seen + len(labels)
-        outcome.losses.append(total / max(1, seen))
+        loss, schedule_step = _one_epoch(
+            model, loader, loss_fn, optimizer, schedule, schedule_step, autocast, device
+        )
+        outcome.losses.append(loss)
         inner = predict(model, store, stop, device, (), recipe)
         outcome.inner_aucs.append(
             float(roc_auc_score(stop_y, inner)) if len(set(stop_y)) > 1 else float("nan")
@@ -129,6 +112,44 @@ def train_fold(
     best = copy.deepcopy(model)
     best.load_state_dict(best_state)
     return best.eval(), outcome
+
+
+def _resume(
+    checkpoint: Path, model: Classifier, optimizer: torch.optim.Optimizer,
+    schedule: CosineLRScheduler, device: torch.device,
+) -> tuple[int, FoldOutcome, dict[str, torch.Tensor]]:  # fmt: skip
+    """Load the last finished epoch's state; the first epoch to run, the outcome so far, the best
+    weights."""
+    saved = torch.load(checkpoint, map_location=device, weights_only=True)
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    schedule.load_state_dict(saved["schedule"])
+    outcome = FoldOutcome(
+        int(saved["best_epoch"]), list(saved["inner_aucs"]), list(saved["losses"])
+    )
+    best = load_file(str(checkpoint.parent / "best.safetensors"), device=str(device))
+    return int(saved["epoch"]) + 1, outcome, best
+
+
+def _one_epoch(
+    model: Classifier, loader: DataLoader, loss_fn: torch.nn.Module,
+    optimizer: torch.optim.Optimizer, schedule: CosineLRScheduler, step: int, autocast: torch.autocast,
+    device: torch.device,
+) -> tuple[float, int]:  # fmt: skip
+    """One pass over ``loader``; the mean loss and the schedule's step after it."""
+    model.train()
+    total, seen = 0.0, 0
+    for pixels, labels in loader:
+        with autocast:
+            loss = loss_fn(
+                model(pixels.to(device, non_blocking=True)).float(), labels.to(device).float()
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step_update(step := step + 1)
+        total, seen = total + float(loss.detach()) * len(labels), seen + len(labels)
+    return total / max(1, seen), step
 
 
 @torch.inference_mode()

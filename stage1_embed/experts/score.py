@@ -79,7 +79,7 @@ def score_model_experts(
         mean = np.mean(probs, axis=0)
         table = pa.table({"image_name": [n for _, n in keys], "split": [s for s, _ in keys],
                           "fold": np.full(len(keys), -1, np.int16), "expert": mean.astype(np.float32)})  # fmt: skip
-        provenance = {"schema_version": 1, "scored_with_model": str(model_dir), "settings_hash": expert.get("settings_hash"),
+        provenance = {"schema_version": 1, "scored_with_model": str(model_dir), "settings_digest": expert.get("settings_digest"),
                       "backbone_spec": expert["backbone_spec"], "recipe": expert["recipe"], "device": device}  # fmt: skip
         table = table.replace_schema_metadata({METADATA_KEY: json.dumps(provenance).encode()})
         target = expert_path(out_dir, slug)

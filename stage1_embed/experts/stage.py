@@ -106,7 +106,7 @@ def run_experts(config: ExpertConfig) -> list[ExpertResult]:
         final = expert_path(config.out_dir, spec.slug)
         if (
             final.is_file()
-            and read_provenance(final).get("settings_hash") == settings["settings_hash"]
+            and read_provenance(final).get("settings_digest") == settings["settings_digest"]
         ):
             logger.info("%s: expert probabilities are up to date, skipping", spec.slug)
             results.append(ExpertResult(spec.slug, "cached", 0.0))
@@ -181,7 +181,7 @@ def _settings(
         "rows": hashlib.sha256("\n".join(rows["split"] + "/" + rows["image_name"]).encode()).hexdigest(),
     }  # fmt: skip
     digest = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
-    return {**relevant, "settings_hash": digest, "device": config.device,
+    return {**relevant, "settings_digest": digest, "device": config.device,
             "normalisation": {"mean": list(backbone.data_config["mean"]), "std": list(backbone.data_config["std"])}}  # fmt: skip
 
 
@@ -192,14 +192,16 @@ def _run_fold(
     done = folder / "done.json"
     if (
         done.is_file()
-        and json.loads(done.read_text()).get("settings_hash") == settings["settings_hash"]
+        and json.loads(done.read_text()).get("settings_digest") == settings["settings_digest"]
     ):
         return
     if folder.is_dir() and (folder / "settings.json").is_file() and json.loads(
-            (folder / "settings.json").read_text()).get("settings_hash") != settings["settings_hash"]:  # fmt: skip
+            (folder / "settings.json").read_text()).get("settings_digest") != settings["settings_digest"]:  # fmt: skip
         shutil.rmtree(folder)  # checkpoints of other settings: start this fold over
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "settings.json").write_text(json.dumps({"settings_hash": settings["settings_hash"]}))
+    (folder / "settings.json").write_text(
+        json.dumps({"settings_digest": settings["settings_digest"]})
+    )
     fit_part, stop_part, valid, test = _fold_rows(rows, fold, config)
     target = rows["target"].to_numpy(dtype=float, na_value=0.0)
     torch.manual_seed(config.recipe.seed * 7_919 + fold)  # the new head's initial weights
@@ -216,7 +218,7 @@ def _run_fold(
             {k: v.detach().cpu().contiguous() for k, v in trained.state_dict().items()}, str(tmp)
         )
     valid_auc = _auc(target[valid], probs[: len(valid)])
-    done.write_text(json.dumps({"settings_hash": settings["settings_hash"], "best_epoch": outcome.best_epoch + 1,
+    done.write_text(json.dumps({"settings_digest": settings["settings_digest"], "best_epoch": outcome.best_epoch + 1,
                                 "inner_aucs": outcome.inner_aucs, "losses": outcome.losses, "fold_auc": valid_auc}))  # fmt: skip
     logger.info(
         "fold %d done: best epoch %d, out-of-fold AUC %.4f", fold, outcome.best_epoch + 1, valid_auc

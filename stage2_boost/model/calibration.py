@@ -63,12 +63,3 @@ def expected_calibration_error(
         if len(chunk):
             total += len(chunk) * abs(target[chunk].mean() - probability[chunk].mean())
     return total / len(probability)
-
-
-def reliability_table(
-    target: np.ndarray, probability: np.ndarray, bins: int = ECE_BINS
-) -> list[tuple[float, float, int]]:
-    """(mean probability, observed rate, count) per equal-count bin, for the reliability plot."""
-    order = np.argsort(probability, kind="stable")
-    return [(float(probability[c].mean()), float(target[c].mean()), len(c))
-            for c in np.array_split(order, bins) if len(c)]  # fmt: skip

@@ -35,7 +35,7 @@ from ..features import FeatureGroup
 
 MODEL_DIR = "model"
 EXPERT_KEYS = ("backbone_spec", "architecture", "weights", "recipe", "normalisation", "n_folds",
-               "settings_hash", "oof_auc")  # fmt: skip
+               "settings_digest", "oof_auc")  # fmt: skip
 MANIFEST = "model.json"
 SCHEMA_VERSION = 1
 KIND = "melanoma-stack model"

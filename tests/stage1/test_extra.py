@@ -47,6 +47,7 @@ def isic2019_folder(root: Path, names: list[str] | None = None) -> Path:
     return root
 
 
+@pytest.mark.shared
 def test_isic2019_reader_on_the_real_csvs(tmp_path: Path) -> None:
     table = read_extra_table(detect_extra(isic2019_folder(tmp_path / "ISIC2019")))
     truth = pd.read_csv(EXTRA_CSVS / ISIC2019_GROUND_TRUTH)
@@ -76,6 +77,7 @@ def test_isic2019_reader_on_the_real_csvs(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.shared
 def test_isic2019_unknown_rows_are_left_out_and_bad_labels_refused(tmp_path: Path) -> None:
     folder = isic2019_folder(tmp_path / "ISIC2019")
     truth = pd.read_csv(folder / ISIC2019_GROUND_TRUTH)
@@ -120,6 +122,7 @@ def stage1_config(tiny_dataset: Path, tmp_path: Path) -> Stage1Config:
                         batch_size=8, chunk_size=16, num_workers=0, progress=False)  # fmt: skip
 
 
+@pytest.mark.shared
 @pytest.mark.slow
 def test_stage1_embeds_a_real_isic2019_folder_as_extra_data(
     stage1_config: Stage1Config, tmp_path: Path

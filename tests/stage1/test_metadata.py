@@ -33,6 +33,7 @@ def test_normalises_types_and_keeps_missing_values_missing(tmp_path: Path) -> No
     assert set(table["split"]) == {"train"}
 
 
+@pytest.mark.shared
 def test_real_train_csv_counts() -> None:
     table = load_metadata(require(ISIC / "csv" / "train.csv"), ISIC / "csv" / "test.csv")
     train = table[table["split"] == "train"]

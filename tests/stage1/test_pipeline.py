@@ -46,7 +46,7 @@ def test_writes_manifest_and_embeddings_with_provenance(config: Stage1Config) ->
     assert table.vectors.shape == (15, 1280) and table.vectors.dtype == np.float32
     p = table.provenance
     assert p["schema_version"] == SCHEMA_VERSION and p["pretrained"] is True
-    assert p["input_fingerprint"] == meta["input_fingerprint"] and len(p["weights"]["sha256"]) == 64
+    assert p["inputs_digest"] == meta["inputs_digest"] and len(p["weights"]["sha256"]) == 64
     assert p["preprocessing"]["input_size"] == [3, 224, 224] and p["tta_views"] == []
     assert {"torch", "timm"} <= set(p["libraries"])
     assert summary.results[0].status == "computed"

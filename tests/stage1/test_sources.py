@@ -207,6 +207,7 @@ def test_tfrecord_without_a_required_feature(tmp_path: Path, features: dict, mis
         scan_dataset(load_metadata(tmp_path / "train.csv"), create_source(tmp_path))
 
 
+@pytest.mark.shared
 def test_real_shared_tfrecord_shards(tmp_path: Path) -> None:
     shards = sorted(require(ISIC / "tfrecord").glob("*.tfrec"))
     (tmp_path / "tfrecords").mkdir()

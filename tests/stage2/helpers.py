@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from stage1_embed.schema import (
     embedding_schema,
     embeddings_path,
-    input_fingerprint,
+    inputs_digest,
     with_provenance,
     write_manifest,
 )
@@ -59,12 +59,10 @@ def write_stage1(
     out: Path, manifest: pd.DataFrame, backbones: dict[str, np.ndarray], dataset: str = "synthetic"
 ) -> Path:
     """manifest.parquet + embeddings/<slug>.parquet exactly as stage 1's contract says."""
-    fingerprint = input_fingerprint(manifest)
-    write_manifest(manifest, out, {"input_fingerprint": fingerprint, "dataset": dataset})
+    digest = inputs_digest(manifest)
+    write_manifest(manifest, out, {"inputs_digest": digest, "dataset": dataset})
     for slug, vectors in backbones.items():
-        write_embedding_file(
-            out, slug, manifest, vectors, {"input_fingerprint": fingerprint, "slug": slug}
-        )
+        write_embedding_file(out, slug, manifest, vectors, {"inputs_digest": digest, "slug": slug})
     return out
 
 

@@ -154,7 +154,7 @@ def test_a_rerun_after_a_metadata_change_is_not_served_stale_features(tmp_path: 
     again = run_training(config)  # same data: the same study goes on, the cache serves it
     assert again.models[0].study == after.models[0].study and again.models[0].n_trials == 4
     metrics = json.loads((config.stage2_dir / "metrics.json").read_text())
-    assert metrics["data_fingerprint"] in metrics["models"]["lgbm"]["study"]
+    assert metrics["data_digest"] in metrics["models"]["lgbm"]["study"]
 
 
 @pytest.mark.parametrize("change", ["library", "code"])

@@ -100,9 +100,9 @@ def test_extra_data_must_match_the_primary_embeddings(
         ).extra_features_dirs
     manifest = pd.read_parquet(extra_features / "manifest.parquet")
     other = write_stage1(tmp_path / "wider", manifest, {}, dataset="wider")
-    fingerprint = read_provenance(other / "manifest.parquet")["input_fingerprint"]
+    digest = read_provenance(other / "manifest.parquet")["inputs_digest"]
     write_embedding_file(other, "bb", manifest, make_embeddings(manifest),
-                         {"input_fingerprint": fingerprint, "preprocessing": {"input_size": [3, 380, 380]}})  # fmt: skip
+                         {"inputs_digest": digest, "preprocessing": {"input_size": [3, 380, 380]}})  # fmt: skip
     with pytest.raises(ContractError, match="other preprocessing"):
         load_stage_data(features, None, [other])
     dup = synthetic_manifest(n_patients=2, per_patient=2, n_test_patients=0)  # primary's names

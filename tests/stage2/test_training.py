@@ -220,7 +220,7 @@ def test_ctrl_c_lets_the_running_trial_finish(features: Path) -> None:
 def test_embeddings_from_another_input_are_refused(features: Path) -> None:
     manifest, _ = read_manifest(features)
     write_embedding_file(
-        features, "bb", manifest, make_embeddings(manifest), {"input_fingerprint": "other"}
+        features, "bb", manifest, make_embeddings(manifest), {"inputs_digest": "other"}
     )
     with pytest.raises(ContractError, match="different input"):
         load_stage_data(features, None)
@@ -236,7 +236,7 @@ def test_nan_embeddings_are_refused(features: Path) -> None:
     vectors = make_embeddings(manifest)
     vectors[3, 2] = np.nan
     write_embedding_file(
-        features, "bb", manifest, vectors, {"input_fingerprint": meta["input_fingerprint"]}
+        features, "bb", manifest, vectors, {"inputs_digest": meta["inputs_digest"]}
     )
     with pytest.raises(ContractError, match="NaN/inf embeddings for 1 image"):
         load_stage_data(features, None)
@@ -249,7 +249,7 @@ def test_schema_version_mismatch_is_refused(features: Path) -> None:
         "bb",
         manifest,
         make_embeddings(manifest),
-        {"input_fingerprint": meta["input_fingerprint"]},
+        {"inputs_digest": meta["inputs_digest"]},
     )
     import pyarrow.parquet as pq
 
@@ -270,7 +270,7 @@ def test_embeddings_missing_rows_are_refused(features: Path) -> None:
         "bb",
         part,
         make_embeddings(part),
-        {"input_fingerprint": meta["input_fingerprint"]},
+        {"inputs_digest": meta["inputs_digest"]},
     )
     with pytest.raises(ContractError, match="lacks embeddings for 5 image"):
         load_stage_data(features, None)
@@ -306,6 +306,7 @@ def test_inspect_lists_pruned_and_failed_trials(tmp_path: Path) -> None:
     assert len(list((tmp_path / "plots").glob("*.png"))) >= 3
 
 
+@pytest.mark.shared
 @pytest.mark.slow
 def test_metadata_only_on_the_real_train_csv(tmp_path: Path) -> None:
     """The full 33,126-row train.csv with no image: patient statistics lift AUC above 0.70."""
