@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -90,7 +91,37 @@ def main() -> None:
                              for n in emb["image_name"]], dtype=np.float32)  # fmt: skip
             distance = (bits @ (1 - bits).T + (1 - bits) @ bits.T)[upper]
             lines += rows(f"{kind}, minus Hamming distance", -distance, same, [0, -2, -4])
+    lines += keypoint_rows(emb["image_name"].tolist(), t, x, lesion)
     print("\n".join(lines))
+
+
+def keypoint_rows(
+    names: list[str], meta: pd.DataFrame, x: np.ndarray, lesion: np.ndarray
+) -> list[str]:
+    """The data check's method (same_lesion.py): each image's nearest images by cosine within
+    its age/sex/site block, checked by ORB keypoints and a RANSAC similarity transform; a row
+    per inlier threshold, recall against every same-lesion pair."""
+    from PIL import Image
+
+    from stage1_embed.same_lesion import NEIGHBOURS, candidate_pairs, inliers, keypoints
+
+    started = time.perf_counter()
+    pairs = candidate_pairs(meta.reset_index(), x)
+    points = [keypoints(Image.open(LESIONS / "jpeg" / "train" / f"{n}.jpg")) for n in names]
+    counts = np.array([inliers(points[i], points[j]) for i, j in pairs])
+    seconds = time.perf_counter() - started
+    same = lesion[pairs[:, 0]] == lesion[pairs[:, 1]]
+    n_true = int((pd.Series(lesion).value_counts().pipe(lambda c: c * (c - 1) // 2)).sum())
+    out = [f"| {NEIGHBOURS} nearest (cosine, same age/sex/site), then keypoints: candidates "
+           f"| - | {len(pairs)} | {same.mean():.3f} | {same.sum() / n_true:.3f} |"]  # fmt: skip
+    for cut in (6, 8, 12, 20):
+        found = counts >= cut
+        hits = int((found & same).sum())
+        out.append(f"| ... keypoint inliers (ORB + RANSAC) | >= {cut} | {int(found.sum())} | "
+                   f"{hits / max(1, found.sum()):.3f} | {hits / n_true:.3f} |")  # fmt: skip
+    out.append(f"| (keypoints of every image and the checks of every candidate: {seconds:.0f} s) "
+               "| | | | |")  # fmt: skip
+    return out
 
 
 if __name__ == "__main__":

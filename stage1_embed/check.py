@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from .colour import judge_source
 from .common import atomic_write_text
@@ -25,6 +26,7 @@ from .config import Stage1Config
 from .data_check import (
     metadata_conflicts,
     near_duplicates,
+    same_lesion_duplicates,
     shift,
     shortcut,
     summary_lines,
@@ -32,8 +34,10 @@ from .data_check import (
 )
 from .errors import DataError
 from .extra import detect_extra, read_extra_table
+from .folds import write_same_lesion_links
 from .metadata import load_metadata
 from .pages import page_environment
+from .same_lesion import NEIGHBOURS, SIDE
 from .scan import ScanResult, scan_dataset
 from .schema import embeddings_path, extra_features_dir, read_embeddings
 from .sources import SOURCES, ImageRef, ImageSource, create_source
@@ -89,9 +93,14 @@ def run_check(config: Stage1Config) -> dict[str, Any]:
         scans[name] = (source, scan)
         frames.append(scan.manifest.assign(source=name))
     every = pd.concat(frames, ignore_index=True)
+    started_pairs = time.perf_counter()
+    lesion_pairs, searched = _same_lesion(every, scans, out, extras)
+    pairs = near_duplicates(every) + lesion_pairs
+    write_same_lesion_links(out, pairs)
+    searched["seconds"] = round(time.perf_counter() - started_pairs, 1)
     result = {"dataset": config.dataset_name, "n_images": int((every["read_status"] == "ok").sum()),
               "n_missing": sum(s.n_dropped_missing for _, s in scans.values()),
-              "channel_order": colours, "near_duplicates": near_duplicates(every),
+              "channel_order": colours, "near_duplicates": pairs, "same_lesion": searched,
               "metadata": metadata_conflicts(scans["main"][1].manifest),
               "shortcut": shortcut(scans["main"][1].manifest),
               "shift": _shifts(out, {name: s.manifest for name, (_, s) in scans.items()}, extras)}  # fmt: skip
@@ -99,6 +108,34 @@ def run_check(config: Stage1Config) -> dict[str, Any]:
     write_data_check(out, result)
     write_check_page(out, result, scans)
     return result
+
+
+def _same_lesion(
+    every: pd.DataFrame, scans: dict[str, tuple[ImageSource, ScanResult]], out: Path,
+    extras: dict[str, Path],
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:  # fmt: skip
+    """Different files of one lesion, among the images stage 1 has embedded into OUT (and into
+    the extra sets' folders with the same backbone), and how they were searched for; none
+    without embeddings (the log and the page say so)."""
+    folders = {"main": out} | extras
+    vectors, slug = _vectors(every, folders)
+    if vectors is None:
+        reason = (f"not searched: no embeddings in {out} (run stage 1 into it first); only "
+                  "identical files were compared")  # fmt: skip
+        logger.warning("same-lesion check %s", reason)
+        return [], {"searched": False, "reason": reason}
+
+    def load(row: int) -> Image.Image | None:
+        name, split, image = every.iloc[row][["source", "split", "image_name"]]
+        ref = scans[name][1].refs.get((split, image))
+        return None if ref is None else scans[name][0].load(ref, min_side=SIDE).image
+
+    logger.info("same-lesion check on %s embeddings: keypoints of each image's nearest images",
+                slug)  # fmt: skip
+    embedded = int((~np.isnan(vectors).any(axis=1)).sum())
+    reason = (f"{embedded} embedded image(s) searched: each one's {NEIGHBOURS} nearest by {slug} "
+              f"cosine among images of the same sex, age and site, checked by keypoints")  # fmt: skip
+    return same_lesion_duplicates(every, vectors, load), {"searched": True, "reason": reason}
 
 
 def _shifts(
@@ -120,41 +157,42 @@ def _shifts(
         pairs[f"main vs {name}"] = (main[main["split"] == "train"], manifests[name], out, folder)
     found = {}
     for label, (a, b, folder_a, folder_b) in pairs.items():
-        both = pd.concat([a, b], ignore_index=True)
+        both = pd.concat([a.assign(source="a"), b.assign(source="b")], ignore_index=True)
         is_b = np.r_[np.zeros(len(a), int), np.ones(len(b), int)]
-        vectors, slug = _vectors(both, folder_a, folder_b, len(a))
+        vectors, slug = _vectors(both, {"a": folder_a, "b": folder_b})
         keep = ~np.isnan(vectors).any(axis=1) if vectors is not None else np.ones(len(both), bool)
         found[label] = shift(both[keep], is_b[keep], None if vectors is None else vectors[keep])
         found[label]["backbone"] = slug
     return found
 
 
-def _vectors(
-    both: pd.DataFrame, folder_a: Path, folder_b: Path, n_a: int
-) -> tuple[np.ndarray | None, str | None]:
-    """Each row's embedding from the stage 1 outputs of its side (NaN where it has none), from
-    the first backbone both sides have; (None, None) when they share none."""
-    slugs = sorted(p.stem for p in (folder_a / "embeddings").glob("*.parquet"))
-    slugs = [s for s in slugs if embeddings_path(folder_b, s).is_file()]
+def _vectors(rows: pd.DataFrame, folders: dict[str, Path]) -> tuple[np.ndarray | None, str | None]:
+    """Each row's embedding from the stage 1 outputs of its source's folder (``rows["source"]``;
+    NaN where it has none), from the first backbone every folder has; (None, None) if none."""
+    slugs = sorted(
+        p.stem for p in (folders[rows["source"].iloc[0]] / "embeddings").glob("*.parquet")
+    )
+    used = [folders[name] for name in rows["source"].unique()]
+    slugs = [s for s in slugs if all(embeddings_path(f, s).is_file() for f in used)]
     if not slugs:
         return None, None
-    sides = []
-    for folder, rows in ((folder_a, both.iloc[:n_a]), (folder_b, both.iloc[n_a:])):
-        table = read_embeddings(embeddings_path(folder, slugs[0]))
+    vectors = None
+    for name, part in rows.groupby("source", sort=False):
+        table = read_embeddings(embeddings_path(folders[name], slugs[0]))
+        if vectors is None:
+            vectors = np.full((len(rows), table.vectors.shape[1]), np.nan, np.float32)
         index = pd.MultiIndex.from_frame(table.keys[["split", "image_name"]])
-        where = index.get_indexer(pd.MultiIndex.from_frame(rows[["split", "image_name"]]))
-        padded = np.vstack(
-            [table.vectors, np.full((1, table.vectors.shape[1]), np.nan, np.float32)]
-        )
-        sides.append(padded[where])  # -1 (no embedding) picks the NaN row
-    return np.vstack(sides), slugs[0]
+        where = index.get_indexer(pd.MultiIndex.from_frame(part[["split", "image_name"]]))
+        at = rows.index.get_indexer(part.index)
+        vectors[at[where >= 0]] = table.vectors[where[where >= 0]]
+    return vectors, slugs[0]
 
 
 def write_check_page(
     out: Path, result: dict[str, Any], scans: dict[str, tuple[ImageSource, ScanResult]]
 ) -> Path:
     """``OUT/data_check.html``: each finding with its images (thumbnails embedded)."""
-    pairs = result["near_duplicates"][:SHOWN_PAIRS]
+    pairs = sorted(result["near_duplicates"], key=lambda p: p["same_patient"])[:SHOWN_PAIRS]
     wanted: dict[str, list[ImageRef]] = {}
     for pair in pairs:
         for side in ("a", "b"):

@@ -5,9 +5,10 @@ One result, written as ``OUT/data_check.json`` (and, by ``python -m stage1_embed
 report: a fixed set of checks, each with its findings and a one-line summary.
 
 - ``channel_order``: each source's colour order (colour.py).
-- ``near_duplicates``: image pairs that are the same picture. Today: identical bytes (the
-  manifest's content digests), similarity 1.0; each pair says whether it crosses patients or
-  splits, and whether the two labels differ.
+- ``near_duplicates``: image pairs of one lesion: identical bytes (the manifest's content
+  digests; similarity 1.0) and, from the check command, different shots of one lesion
+  (same_lesion.py: matched keypoints; similarity the embeddings' cosine, ``inliers`` the matched
+  points). Each pair says whether it crosses patients or splits, and whether the labels differ.
 - ``metadata``: one patient with two sexes, or ages within a patient too far apart to be one
   person's visits.
 - ``shortcut``: how well the acquisition fields alone (image width and height, file size,
@@ -15,8 +16,9 @@ report: a fixed set of checks, each with its findings and a one-line summary.
 - ``shift``: adversarial validation, how well a model tells train from test, or the main data
   from an extra set (on metadata, embeddings and both).
 
-Every stage 1 run writes the cheap checks (colour order from a sample, duplicates, metadata);
-the check command adds every image's colour, the shortcut and shift models and the page.
+Every stage 1 run writes the cheap checks (colour order from a sample, identical files and the
+last check's same-lesion pairs whose images are unchanged, metadata); the check command adds
+every image's colour, the same-lesion search, the shortcut and shift models and the page.
 """
 
 from __future__ import annotations
@@ -24,13 +26,17 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from .common import atomic_write_text
+from .folds import current_same_lesion_pairs
+from .same_lesion import same_lesion_pairs
 
 logger = logging.getLogger(__name__)
 DATA_CHECK_JSON = "data_check.json"
@@ -44,20 +50,47 @@ def near_duplicates(manifest: pd.DataFrame) -> list[dict[str, Any]]:
     """Every pair of images with identical stored bytes, flagged by what it crosses."""
     digests = manifest["content_sha256"]
     shared = manifest[digests.notna() & digests.duplicated(keep=False)]  # only those can pair
+    return [_pair(a, b, 1.0, "content digest (identical bytes)")
+            for _, group in shared.groupby("content_sha256", sort=True)
+            for (_, a), (_, b) in itertools.combinations(group.iterrows(), 2)]  # fmt: skip
+
+
+def same_lesion_duplicates(
+    manifest: pd.DataFrame, vectors: np.ndarray, load: Callable[[int], Image.Image | None]
+) -> list[dict[str, Any]]:
+    """Pairs of different files that show one lesion (same_lesion.py), flagged as above; the
+    similarity is the two embeddings' cosine, ``inliers`` the matched points."""
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
     pairs = []
-    for digest, group in shared.groupby("content_sha256", sort=True):
-        for (_, a), (_, b) in itertools.combinations(group.iterrows(), 2):
-            pairs.append({
-                "image_a": a["image_name"], "image_b": b["image_name"],
-                "split_a": a["split"], "split_b": b["split"],
-                "patient_a": a["patient_id"], "patient_b": b["patient_id"],
-                "similarity": 1.0, "method": "content digest (identical bytes)",
-                "same_patient": a["patient_id"] == b["patient_id"],
-                "crosses_splits": a["split"] != b["split"],
-                "labels_differ": _labels_differ(a["target"], b["target"]),
-                "sha256": str(digest)[:16],
-            })  # fmt: skip
+    for found in same_lesion_pairs(manifest, vectors, load):
+        a, b = manifest.iloc[found["row_a"]], manifest.iloc[found["row_b"]]
+        if a["content_sha256"] != b["content_sha256"]:  # identical files: listed by digest
+            cosine = float(unit[found["row_a"]] @ unit[found["row_b"]])
+            pairs.append(_pair(a, b, round(cosine, 4), f"keypoints ({found['inliers']} matched "
+                               "points under one similarity transform)", inliers=found["inliers"]))  # fmt: skip
     return pairs
+
+
+def remembered_lesion_pairs(manifest: pd.DataFrame, out: Path) -> list[dict[str, Any]]:
+    """The keypoint pairs of the last check in ``out`` whose images have not changed since."""
+    remembered = current_same_lesion_pairs(out, manifest)
+    rows = manifest.drop_duplicates("image_name").set_index("image_name", drop=False)
+    return [_pair(rows.loc[p.image_a], rows.loc[p.image_b], p.similarity, p.method,
+                  inliers=int(p.inliers))
+            for p in remembered.itertuples() if pd.notna(p.inliers)]  # fmt: skip
+
+
+def _pair(
+    a: pd.Series, b: pd.Series, similarity: float, method: str, **more: Any
+) -> dict[str, Any]:
+    return {"image_a": a["image_name"], "image_b": b["image_name"],
+            "split_a": a["split"], "split_b": b["split"],
+            "patient_a": a["patient_id"], "patient_b": b["patient_id"],
+            "similarity": similarity, "method": method,
+            "same_patient": a["patient_id"] == b["patient_id"],
+            "crosses_splits": a["split"] != b["split"],
+            "labels_differ": _labels_differ(a["target"], b["target"]),
+            "sha256_a": a["content_sha256"], "sha256_b": b["content_sha256"], **more}  # fmt: skip
 
 
 def _labels_differ(a: Any, b: Any) -> bool:
@@ -204,9 +237,11 @@ def _patient_interval(
     return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
 
 
-def cheap_checks(manifest: pd.DataFrame, colours: dict[str, Any]) -> dict[str, Any]:
-    """What every stage 1 run checks: colour order (a sample), duplicates and metadata."""
-    return {"channel_order": colours, "near_duplicates": near_duplicates(manifest),
+def cheap_checks(manifest: pd.DataFrame, colours: dict[str, Any], out: Path) -> dict[str, Any]:
+    """What every stage 1 run checks: colour order (a sample), duplicates (and the same-lesion
+    pairs an earlier check found whose images are unchanged) and metadata."""
+    pairs = near_duplicates(manifest) + remembered_lesion_pairs(manifest, out)
+    return {"channel_order": colours, "near_duplicates": pairs,
             "metadata": metadata_conflicts(manifest),
             "shortcut": {"auc": None, "reason": "run python -m stage1_embed check"}}  # fmt: skip
 
@@ -217,7 +252,9 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     pairs = result.get("near_duplicates") or []
     crossing = [p for p in pairs if not p["same_patient"]]
     if pairs:
-        lines.append(f"{len(pairs)} pair(s) of identical images, {len(crossing)} across patients, "
+        identical = sum("inliers" not in p for p in pairs)
+        lines.append(f"{len(pairs)} pair(s) of one lesion ({identical} identical files), "
+                     f"{len(crossing)} across patients, "
                      f"{sum(p['crosses_splits'] for p in pairs)} across splits, "
                      f"{sum(p['labels_differ'] for p in pairs)} with different labels")  # fmt: skip
     conflicts = result.get("metadata") or []

@@ -8,12 +8,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 from sklearn.model_selection import StratifiedGroupKFold
 
 from .common import atomic_path
@@ -22,33 +26,70 @@ from .errors import DataError
 logger = logging.getLogger(__name__)
 FOLDS_FILE = "folds.parquet"
 EVAL_FOLDS_FILE = "folds_eval.parquet"
+SAME_LESION_FILE = "same_lesion.parquet"
 EVAL_SEED_OFFSET = 1000  # oof_auc is measured on folds the tuning never saw
 _META_KEY = b"melanoma_stack_folds"
 FEW_POSITIVES = 5
 
 
-def fold_groups(train: pd.DataFrame, merge_duplicates: bool = True) -> pd.Series:
+def fold_groups(
+    train: pd.DataFrame, merge_duplicates: bool = True, links: Sequence[tuple[str, str]] = ()
+) -> pd.Series:
     """The group each image's fold follows: its patient; with ``merge_duplicates``, patients
-    that share an identical image (the same content digest under two patient ids) merged into
-    one group, so one picture never sits in two folds (it would inflate the out-of-fold AUC)."""
+    that share an identical image (the same content digest under two patient ids) or are joined
+    by ``links`` (image-name pairs of one lesion: ``read_same_lesion_links``) merged into one
+    group, so one lesion never sits in two folds (it would inflate the out-of-fold AUC)."""
     patients = train["patient_id"].astype(str)
-    if not merge_duplicates or "content_sha256" not in train.columns:
+    if not merge_duplicates:
         return patients.rename("group")
-    parent = {p: p for p in patients.unique()}
+    codes, names = pd.factorize(patients)
+    edges = [np.zeros((0, 2), np.int64)]
+    if "content_sha256" in train.columns:
+        digests = train["content_sha256"].to_numpy()
+        known = pd.notna(digests)
+        first = pd.Series(codes[known]).groupby(digests[known]).transform("first").to_numpy()
+        edges.append(np.c_[first, codes[known]])
+    position = pd.Series(codes, index=train["image_name"].to_numpy())
+    linked = [(a, b) for a, b in links if a in position.index and b in position.index]
+    if linked:
+        edges.append(np.array([(position[a], position[b]) for a, b in linked], np.int64))
+    pairs = np.vstack(edges)
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), (len(names),) * 2)
+    _, component = connected_components(graph, directed=False)
+    first_name = pd.Series(names).groupby(component).transform("min").to_numpy()
+    return pd.Series(first_name[codes], index=train.index, name="group")
 
-    def root(p: str) -> str:
-        while parent[p] != p:
-            parent[p] = parent[parent[p]]
-            p = parent[p]
-        return p
 
-    digests = train["content_sha256"]
-    shared = patients[digests.notna()].groupby(digests[digests.notna()]).unique()
-    for members in shared[shared.map(len) > 1]:
-        roots = sorted(root(p) for p in members)
-        for other in roots[1:]:
-            parent[other] = roots[0]
-    return patients.map(root).rename("group")
+def write_same_lesion_links(out: Path, pairs: list[dict[str, Any]]) -> Path:
+    """``OUT/same_lesion.parquet``: the image pairs of one lesion the data check found, with
+    both images' content digests (a pair whose image changed since is not used)."""
+    columns = ["image_a", "image_b", "sha256_a", "sha256_b", "similarity", "method", "inliers"]
+    table = pd.DataFrame([{c: p.get(c) for c in columns} for p in pairs], columns=columns)
+    path = Path(out) / SAME_LESION_FILE
+    with atomic_path(path) as tmp:
+        table.to_parquet(tmp, index=False)
+    return path
+
+
+def current_same_lesion_pairs(out: Path, manifest: pd.DataFrame) -> pd.DataFrame:
+    """The data check's same-lesion pairs in ``out`` whose two images are in ``manifest`` with
+    the content they had when checked (none if the check was not run)."""
+    path = Path(out) / SAME_LESION_FILE
+    if not path.is_file() or "content_sha256" not in manifest.columns:
+        return pd.DataFrame(columns=["image_a", "image_b"])
+    table = pd.read_parquet(path)
+    digest = manifest.set_index("image_name")["content_sha256"]
+    digest = digest[~digest.index.duplicated()]
+    current = (table["image_a"].map(digest) == table["sha256_a"]) & (
+        table["image_b"].map(digest) == table["sha256_b"]
+    )
+    return table[current].reset_index(drop=True)
+
+
+def read_same_lesion_links(out: Path, train: pd.DataFrame) -> list[tuple[str, str]]:
+    """The image-name pairs of ``current_same_lesion_pairs``, for ``fold_groups``."""
+    pairs = current_same_lesion_pairs(out, train)
+    return list(zip(pairs["image_a"], pairs["image_b"], strict=True))
 
 
 def make_folds(
@@ -105,10 +146,13 @@ def _warn_few_positives(target: np.ndarray, folds: np.ndarray, name: str) -> Non
                        "noisy", name, listed, FEW_POSITIVES)  # fmt: skip
 
 
-def folds_key(train: pd.DataFrame, n_folds: int, seed: int, merge_duplicates: bool = True) -> str:
+def folds_key(
+    train: pd.DataFrame, n_folds: int, seed: int, merge_duplicates: bool = True,
+    links: Sequence[tuple[str, str]] = (),
+) -> str:  # fmt: skip
     """Identity of a fold assignment: the training images, their labels and fold groups, the
     number of folds and the seed."""
-    return _key(train, n_folds, seed, fold_groups(train, merge_duplicates))
+    return _key(train, n_folds, seed, fold_groups(train, merge_duplicates, links))
 
 
 def _key(train: pd.DataFrame, n_folds: int, seed: int, groups: pd.Series) -> str:
@@ -119,11 +163,12 @@ def _key(train: pd.DataFrame, n_folds: int, seed: int, groups: pd.Series) -> str
 
 
 def load_or_make_folds(
-    train: pd.DataFrame, n_folds: int, seed: int, path: Path, merge_duplicates: bool = True
-) -> tuple[np.ndarray, bool]:
+    train: pd.DataFrame, n_folds: int, seed: int, path: Path, merge_duplicates: bool = True,
+    links: Sequence[tuple[str, str]] = (),
+) -> tuple[np.ndarray, bool]:  # fmt: skip
     """Reuse ``path`` if it was made for the same images, groups, folds and seed; else make and
     save (with each image's fold group)."""
-    groups = fold_groups(train, merge_duplicates)
+    groups = fold_groups(train, merge_duplicates, links)
     key = _key(train, n_folds, seed, groups)
     if path.is_file():
         meta = pq.read_schema(path).metadata or {}
@@ -133,8 +178,8 @@ def load_or_make_folds(
         logger.info("%s was made for other data or settings; making new folds", path)
     regrouped = int((groups != train["patient_id"].astype(str)).sum())
     if regrouped:
-        logger.info("%s: %d image(s) regrouped: patients sharing an identical image share a "
-                    "fold (--no-merge-duplicates keeps patients apart)", path.name, regrouped)  # fmt: skip
+        logger.info("%s: %d image(s) regrouped: patients sharing an image of one lesion share "
+                    "a fold (--no-merge-duplicates keeps patients apart)", path.name, regrouped)  # fmt: skip
     folds = make_folds(train, n_folds, seed, path.name, groups)
     table = pa.Table.from_pandas(
         pd.DataFrame({"image_name": train["image_name"].to_numpy(), "patient_id": train["patient_id"].to_numpy(),
@@ -149,11 +194,12 @@ def load_or_make_folds(
 
 
 def load_or_make_eval_folds(
-    train: pd.DataFrame, n_folds: int, seed: int, stage2_dir: Path, merge_duplicates: bool = True
-) -> tuple[np.ndarray, str]:
+    train: pd.DataFrame, n_folds: int, seed: int, stage2_dir: Path, merge_duplicates: bool = True,
+    links: Sequence[tuple[str, str]] = (),
+) -> tuple[np.ndarray, str]:  # fmt: skip
     """The evaluation folds (``seed`` + EVAL_SEED_OFFSET) that stage 2 scores with and the expert
     stage fine-tunes in: one file, one piece of code. Returns the folds and their key."""
     eval_seed = seed + EVAL_SEED_OFFSET
     path = Path(stage2_dir) / EVAL_FOLDS_FILE
-    folds, _ = load_or_make_folds(train, n_folds, eval_seed, path, merge_duplicates)
-    return folds, folds_key(train, n_folds, eval_seed, merge_duplicates)
+    folds, _ = load_or_make_folds(train, n_folds, eval_seed, path, merge_duplicates, links)
+    return folds, folds_key(train, n_folds, eval_seed, merge_duplicates, links)

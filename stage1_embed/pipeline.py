@@ -163,7 +163,7 @@ def _run_locked(config: Stage1Config, out: Path) -> Stage1Summary:
     if not specs:
         scan = metadata_only_manifest(table)
         _write_manifest(scan, config, "metadata-only", {}, skipped)
-        write_data_check(out, cheap_checks(scan.manifest, {}))
+        write_data_check(out, cheap_checks(scan.manifest, {}, out))
         return Stage1Summary(out, len(table), None)
     source = create_source(config.root, config.images_dir, config.image_format, config.max_pixels)
     scan = scan_dataset(table, source, skip_missing=config.skip_missing, out=out)
@@ -171,7 +171,7 @@ def _run_locked(config: Stage1Config, out: Path) -> Stage1Summary:
     digest = inputs_digest(scan.manifest)
     refs = [scan.refs[k] for k in sorted(scan.refs)]
     colours = _channel_orders(config, source, refs)
-    write_data_check(out, cheap_checks(scan.manifest, colours))
+    write_data_check(out, cheap_checks(scan.manifest, colours, out))
     settings = replace(_embed_settings(config, source.format_name),
                        channel_orders=tuple(sorted(source.channel_orders.items())))  # fmt: skip
     summary = Stage1Summary(out, len(refs), source.format_name)

@@ -22,6 +22,7 @@ from stage1_embed.folds import (
     fold_groups,
     load_or_make_eval_folds,
     load_or_make_folds,
+    read_same_lesion_links,
 )
 
 from .boosters import BoosterAdapter, create_booster, resolve_device
@@ -183,9 +184,11 @@ def prepare_run(config: Stage2Config, out: Path) -> PreparedRun:
     train = data.frame.iloc[train_rows]
     n_pos = int(train["target"].sum())
     n_pos_all = n_pos + int(data.target[extra_rows].sum())
-    merge = config.merge_duplicates
-    folds, _ = load_or_make_folds(train, config.n_folds, config.seed, out / "folds.parquet", merge)
-    eval_folds, eval_key = load_or_make_eval_folds(train, config.n_folds, config.seed, out, merge)
+    merge, links = config.merge_duplicates, _links(config, train)
+    folds, _ = load_or_make_folds(train, config.n_folds, config.seed, out / "folds.parquet", merge,
+                                  links)  # fmt: skip
+    eval_folds, eval_key = load_or_make_eval_folds(train, config.n_folds, config.seed, out, merge,
+                                                   links)  # fmt: skip
     logger.info("%d train images (%d malignant, %d patients), %d test; features %s; backbones %s",
                 len(train), n_pos, train["patient_id"].nunique(), len(test_rows),
                 ",".join(groups), ",".join(backbones) or "none")  # fmt: skip
@@ -291,10 +294,15 @@ def _adapter(config: Stage2Config, name: str, folds: list[FoldMatrices]) -> Boos
 
 
 def _regrouped(data: StageData, config: Stage2Config) -> int:
-    """Training images whose fold group is not their own patient (identical images merged)."""
+    """Training images whose fold group is not their own patient (images of one lesion merged)."""
     train = data.frame.iloc[data.train_index()[0]]
-    groups = fold_groups(train, config.merge_duplicates)
+    groups = fold_groups(train, config.merge_duplicates, _links(config, train))
     return int((groups != train["patient_id"].astype(str)).sum())
+
+
+def _links(config: Stage2Config, train: pd.DataFrame) -> list[tuple[str, str]]:
+    """The data check's same-lesion pairs (stage 1's check command), when merging."""
+    return read_same_lesion_links(config.features_dir, train) if config.merge_duplicates else []
 
 
 def _oof_patients(data: StageData, evaluation: list[FoldMatrices]) -> np.ndarray:

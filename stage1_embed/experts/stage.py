@@ -33,7 +33,7 @@ from ..backbones import Backbone, create_backbone, parse_backbone_spec
 from ..colour import stored_orders
 from ..common import atomic_path
 from ..errors import ConfigError, DataError
-from ..folds import load_or_make_eval_folds
+from ..folds import load_or_make_eval_folds, read_same_lesion_links
 from ..schema import (
     METADATA_KEY,
     USABLE_STATUSES,
@@ -90,9 +90,9 @@ def run_experts(config: ExpertConfig) -> list[ExpertResult]:
     rows = _rows(config)
     primary = rows[~rows["extra"]]
     train = primary[primary["split"] == "train"].reset_index(drop=True)
-    folds, folds_key = load_or_make_eval_folds(
-        train, config.n_folds, config.seed, Path(config.out_dir) / "stage2", config.merge_duplicates
-    )
+    links = read_same_lesion_links(config.out_dir, train) if config.merge_duplicates else []
+    folds, folds_key = load_or_make_eval_folds(train, config.n_folds, config.seed,
+                                               Path(config.out_dir) / "stage2", config.merge_duplicates, links)  # fmt: skip
     fold_of = dict(zip(train["image_name"], folds.tolist(), strict=True))
     rows["fold"] = [fold_of.get(n, -1) if s == "train" and not x else -1
                     for n, s, x in rows[["image_name", "split", "extra"]].itertuples(index=False)]  # fmt: skip

@@ -64,9 +64,14 @@ def test_the_check_command_writes_json_and_page(tiny_dataset: Path, tmp_path: Pa
     assert (pair["image_a"], pair["image_b"]) == (train["image_name"][0], train["image_name"][5])
     assert not pair["same_patient"]
     assert set(result["channel_order"]) == {"train", "test"}
+    assert not result["same_lesion"]["searched"]  # nothing embedded into OUT yet: it says so
+    assert "run stage 1 into it first" in result["same_lesion"]["reason"]
     page = (tmp_path / "check" / "data_check.html").read_text()
     assert "two patients" in page and page.count("data:image/jpeg;base64,") >= 2
-    assert "1 pair(s) of identical images, 1 across patients" in capsys.readouterr().out
+    assert "run stage 1 into it first" in page
+    assert (
+        "1 pair(s) of one lesion (1 identical files), 1 across patients" in capsys.readouterr().out
+    )
 
 
 def test_a_source_without_a_readable_image_is_a_clear_error(
