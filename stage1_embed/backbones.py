@@ -68,11 +68,9 @@ def parse_backbone_spec(text: str) -> BackboneSpec:
     return BackboneSpec(text, "hub", text)
 
 
-def parse_backbone_list(text: str) -> list[BackboneSpec]:
-    """Comma-separated specs; 'none' (or empty) means a metadata-only run."""
-    if text.strip().lower() in ("", "none"):
-        return []
-    specs = [parse_backbone_spec(part) for part in text.split(",")]
+def parse_backbones(texts: tuple[str, ...]) -> list[BackboneSpec]:
+    """The specs of one run, each writing its own embeddings file."""
+    specs = [parse_backbone_spec(text) for text in texts]
     slugs = [s.slug for s in specs]
     if len(set(slugs)) != len(slugs):
         raise ConfigError(f"Backbones {slugs} repeat a name; each must write its own file.")

@@ -27,7 +27,6 @@ from .preprocess import Preprocess
 from .sources import ImageRef, ImageSource
 
 logger = logging.getLogger(__name__)
-DECODERS = ("auto", "pil", "torchvision")
 _JPEG_MAGIC = b"\xff\xd8\xff"
 
 

@@ -27,7 +27,6 @@ from .extract import Embedder, _view
 from .weights import cache_dir
 
 logger = logging.getLogger(__name__)
-ENGINES = ("auto", "torch", "onnx")
 OPSET = 17
 MIN_COSINE = 0.9999
 # ONNX Runtime on a CPU runs these CNNs fastest a few images at a time (activations stay in cache):

@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 from filelock import FileLock, Timeout
 
-from .backbones import Backbone, BackboneSpec, create_backbone, parse_backbone_spec
+from .backbones import Backbone, BackboneSpec, create_backbone, parse_backbones
 from .batch_decode import resolve_decode
 from .colour import judge_source, resolve_orders
 from .common import atomic_path, atomic_write_text, file_sha256
@@ -148,7 +148,7 @@ def check_output_folder(config: Stage1Config, out: Path) -> None:
 
 
 def _run_locked(config: Stage1Config, out: Path) -> Stage1Summary:
-    specs = [parse_backbone_spec(text) for text in config.backbones]  # bad specs fail first
+    specs = parse_backbones(config.backbones)  # bad specs fail first
     expected = {b.slug: b for b in model_backbones(config.model_dir)} if config.model_dir else {}
     check_output_folder(config, out)
     record = asdict(config) | {"data_dir_resolved": str(config.root.resolve())}

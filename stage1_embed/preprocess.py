@@ -21,7 +21,6 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-CROP_MODES = ("center", "squash", "border")
 RESIZE_ENGINE = "torch-uint8"  # part of stage 1's provenance: the resize that made the pixels
 # Filters torch resizes; the others (lanczos, box, hamming) stay with PIL.
 TORCH_RESIZE_MODES = {InterpolationMode.BILINEAR, InterpolationMode.BICUBIC,

@@ -26,7 +26,6 @@ from .errors import ConfigError
 logger = logging.getLogger(__name__)
 # the first trial of a new study (studies made before this name say "library defaults")
 STARTING_VALUES = "starting values"
-HEARTBEAT_SECONDS = 10
 # Pruning steps. Fold-level: the running mean AUC after each fold. With round-level pruning, the
 # first fold also reports its early-stopping AUC every few boosting rounds at step = rounds done
 # (from the warm-up on: earlier steps are never judged, and each report is a storage write), so

@@ -17,7 +17,6 @@ import pandas as pd
 from ..data import StageData
 from .base import FeatureGroup
 
-EXPERT_TRANSFORMS = ("logit", "rank")
 _EPS = 1e-6
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from stage1_embed.backbones import create_backbone, parse_backbone_list, parse_backbone_spec
+from stage1_embed.backbones import create_backbone, parse_backbone_spec, parse_backbones
 from stage1_embed.errors import ConfigError, WeightsError
 from stage1_embed.extract import Embedder
 from stage1_embed.preprocess import Preprocess
@@ -69,10 +69,10 @@ def test_unknown_backbone_name() -> None:
         parse_backbone_spec("efficientnet_b99")
 
 
-def test_backbone_list_none_and_duplicates() -> None:
-    assert parse_backbone_list("none") == []
+def test_a_backbone_named_twice_is_refused() -> None:
+    assert parse_backbones(()) == []
     with pytest.raises(ConfigError, match="repeat a name"):
-        parse_backbone_list("tf_efficientnet_lite0,tf_efficientnet_lite0")
+        parse_backbones(("tf_efficientnet_lite0", "tf_efficientnet_lite0"))
 
 
 def test_input_size_override() -> None:
