@@ -114,7 +114,7 @@ def keypoint_rows(
     n_true = int((pd.Series(lesion).value_counts().pipe(lambda c: c * (c - 1) // 2)).sum())
     out = [f"| {NEIGHBOURS} nearest (cosine, same age/sex/site), then keypoints: candidates "
            f"| - | {len(pairs)} | {same.mean():.3f} | {same.sum() / n_true:.3f} |"]  # fmt: skip
-    for cut in (6, 8, 12, 20):
+    for cut in (6, 8, 10, 20):
         found = counts >= cut
         hits = int((found & same).sum())
         out.append(f"| ... keypoint inliers (ORB + RANSAC) | >= {cut} | {int(found.sum())} | "

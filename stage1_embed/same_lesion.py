@@ -3,62 +3,62 @@
 CNN embeddings alone cannot tell them (on HAM10000's lesions the best cosine threshold found 15%
 of same-lesion pairs at 61% precision: many nevi look alike to an ImageNet network); perceptual
 hashes did no better. Two shots of one lesion share its pattern point for point, so each
-candidate pair is checked geometrically: ORB keypoints (scikit-image), descriptors matched both ways
-with Lowe's ratio test, and a similarity transform (shift, rotation, scale) fitted by RANSAC; a
-pair whose transform explains ``MIN_INLIERS`` matches is one lesion. The candidates are each
-image's ``NEIGHBOURS`` nearest images by embedding cosine among images of the same sex, age and
-site (the metadata of one lesion's shots agree), which keeps the geometric check to a few dozen
-pairs per image. Measured on ``ham10000_lesions`` (benchmarks/README.md, same-lesion pairs).
+candidate pair is checked geometrically: OpenCV's ORB keypoints, descriptors matched both ways
+with Lowe's ratio test, and a similarity transform (shift, rotation, scale) fitted by OpenCV's
+RANSAC; a pair whose transform explains ``MIN_INLIERS`` matches is one lesion. The candidates are
+each image's ``NEIGHBOURS`` nearest images by embedding cosine among images of the same sex, age
+and site (the metadata of one lesion's shots agree), which keeps the geometric check to a few
+dozen pairs per image. Measured on ``ham10000_lesions`` (benchmarks/README.md, same-lesion pairs).
 """
 
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Callable
 from typing import Any
 
+import cv2
 import numpy as np
 import pandas as pd
 from PIL import Image
-from skimage.feature import ORB
-from skimage.measure import ransac
-from skimage.transform import SimilarityTransform
 
 logger = logging.getLogger(__name__)
 
 SIDE = 256  # keypoints are found on the grey image at most this many pixels on its longer side
 KEYPOINTS = 200
+FAST_THRESHOLD = 10  # OpenCV's default 20 finds too few corners on smooth skin
+PATCH = 19  # descriptor patch (and border) in pixels: OpenCV's 31 drops corners near the edge
 NEIGHBOURS = 20  # candidates per image: nearest by embedding cosine within its metadata block
 RATIO = 0.8  # Lowe's ratio test on the Hamming distances
 MIN_INLIERS = 6  # matches a similarity transform must explain (threshold table: benchmarks)
 BLOCK_FIELDS = ("sex", "age_approx", "anatom_site_general_challenge")
 
-Keypoints = tuple[np.ndarray, np.ndarray]  # (row, col) positions, +-1 descriptors (n x 256)
+Keypoints = tuple[np.ndarray, np.ndarray]  # (x, y) positions, packed 256-bit descriptors (n x 32)
 
 
 def keypoints(image: Image.Image) -> Keypoints:
     """ORB keypoints of the grey image (none for a flat image)."""
     grey = image.convert("L")
     grey.thumbnail((SIDE, SIDE))
-    detector = ORB(n_keypoints=KEYPOINTS, fast_threshold=0.05)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "no keypoints": an all-grey image, answered below
-            detector.detect_and_extract(np.asarray(grey, dtype=np.float64) / 255)
-    except RuntimeError:  # ORB found nothing to describe
-        return np.zeros((0, 2), np.float32), np.zeros((0, 256), np.float32)
-    points, bits = np.asarray(detector.keypoints), np.asarray(detector.descriptors)
-    return points.astype(np.float32), np.where(bits, 1.0, -1.0).astype(np.float32)
+    detector = cv2.ORB.create(
+        nfeatures=KEYPOINTS, fastThreshold=FAST_THRESHOLD, edgeThreshold=PATCH, patchSize=PATCH
+    )
+    found, descriptors = detector.detectAndCompute(np.asarray(grey), None)
+    if descriptors is None:  # no corner at all: an all-grey image
+        return np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8)
+    return np.array([point.pt for point in found], np.float32), descriptors
 
 
 def inliers(a: Keypoints, b: Keypoints) -> int:
     """How many of the two images' matched keypoints one similarity transform explains."""
-    (points_a, signs_a), (points_b, signs_b) = a, b
+    (points_a, bits_a), (points_b, bits_b) = a, b
     if len(points_a) < 3 or len(points_b) < 3:
         return 0
-    # Hamming distance of binary descriptors as one matrix product of their +-1 forms: the
-    # matches of scikit-image's match_descriptors(cross_check=True, max_ratio=RATIO), 8x faster
+    # Hamming distances as one matrix product of the descriptors' +-1 forms (faster than
+    # OpenCV's BFMatcher run both ways, which the mutual check and the ratio test would need)
+    signs_a, signs_b = (
+        np.unpackbits(bits, axis=1).astype(np.float32) * 2 - 1 for bits in (bits_a, bits_b)
+    )
     distance = (signs_a.shape[1] - signs_a @ signs_b.T) / 2
     best_b, best_a = distance.argmin(axis=1), distance.argmin(axis=0)
     mutual = np.flatnonzero(best_a[best_b] == np.arange(len(best_b)))
@@ -66,12 +66,10 @@ def inliers(a: Keypoints, b: Keypoints) -> int:
     kept = mutual[distance[mutual, best_b[mutual]] < RATIO * second[mutual]]
     if len(kept) < MIN_INLIERS:  # too few matches for the transform to explain enough
         return 0
-    source, target = points_a[kept][:, ::-1], points_b[best_b[kept]][:, ::-1]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "no inliers found": answered as 0
-        _, found = ransac((source, target), SimilarityTransform, min_samples=3,
-                          residual_threshold=3, max_trials=200, rng=0)  # fmt: skip
-    return 0 if found is None else int(found.sum())
+    transform, found = cv2.estimateAffinePartial2D(
+        points_a[kept], points_b[best_b[kept]], method=cv2.RANSAC, ransacReprojThreshold=3
+    )
+    return 0 if transform is None else int(found.sum())
 
 
 def candidate_pairs(frame: pd.DataFrame, vectors: np.ndarray) -> np.ndarray:
