@@ -12,9 +12,10 @@ from .errors import ConfigError
 
 MODELS = ("lgbm", "xgb")  # the booster adapters (boosters.BOOSTERS)
 GROUPS = ("metadata", "patient", "embedding", "probe", "ugly-duckling", "patient-context",
-          "acquisition", "source", "expert")  # fmt: skip
+          "neighbours", "diagnosis", "patient-scores", "acquisition", "source", "expert")  # fmt: skip
 DEFAULT_GROUPS = ("metadata", "patient", "embedding", "probe", "ugly-duckling")
-IMAGE_GROUPS = frozenset({"embedding", "probe", "ugly-duckling", "patient-context"})
+IMAGE_GROUPS = frozenset({"embedding", "probe", "ugly-duckling", "patient-context", "neighbours",
+                          "diagnosis"})  # fmt: skip
 
 SEARCH_BINS = 63
 PRUNE_ROUNDS = True

@@ -31,7 +31,8 @@ from .model.calibration import ECE_BINS
 
 GROUP_COLOURS = {"metadata": "#1f77b4", "patient": "#ff7f0e", "embedding": "#2ca02c",
                  "ugly-duckling": "#d62728", "acquisition": "#9467bd", "probe": "#8c564b",
-                 "source": "#7f7f7f", "expert": "#e377c2", "patient-context": "#bcbd22"}  # fmt: skip
+                 "source": "#7f7f7f", "expert": "#e377c2", "patient-context": "#bcbd22",
+                 "neighbours": "#17becf", "diagnosis": "#aec7e8", "patient-scores": "#ffbb78"}  # fmt: skip
 AGE_BANDS = [0, 30, 45, 60, 75, 200]
 AGE_LABELS = ["<30", "30-44", "45-59", "60-74", "75+"]
 MIN_GROUP = 20  # subgroups smaller than this, or with one class, get no AUC

@@ -19,6 +19,7 @@ from sklearn.metrics import brier_score_loss
 from stage1_embed.common import usable_cores
 from stage1_embed.folds import (
     EVAL_SEED_OFFSET,
+    FOLDS_FILE,
     fold_groups,
     load_or_make_eval_folds,
     load_or_make_folds,
@@ -114,9 +115,14 @@ def resolve_groups(config: Stage2Config, data: StageData) -> tuple[str, ...]:
         raise ConfigError("Feature group 'expert' needs --experts (the expert stage's outputs).")
     if set(config.feature_groups) & IMAGE_GROUPS and not data.embeddings:
         raise ConfigError(
-            "Feature groups embedding/probe/ugly-duckling/patient-context need embeddings, but none were found in "
+            f"Feature groups {'/'.join(sorted(IMAGE_GROUPS))} need embeddings, but none were found in "
             f"{config.features_dir}/embeddings. Run stage 1 with backbones, or drop those groups."
         )
+    if "patient-scores" in config.feature_groups and not {"probe", "neighbours", "expert"} & set(
+        config.feature_groups
+    ):
+        raise ConfigError("Feature group 'patient-scores' ranks the image scores of the groups "
+                          "probe, neighbours or expert: add one of them.")  # fmt: skip
     return config.feature_groups
 
 
@@ -185,7 +191,7 @@ def prepare_run(config: Stage2Config, out: Path) -> PreparedRun:
     n_pos = int(train["target"].sum())
     n_pos_all = n_pos + int(data.target[extra_rows].sum())
     merge, links = config.merge_duplicates, _links(config, train)
-    folds, _ = load_or_make_folds(train, config.n_folds, config.seed, out / "folds.parquet", merge,
+    folds, _ = load_or_make_folds(train, config.n_folds, config.seed, out / FOLDS_FILE, merge,
                                   links)  # fmt: skip
     eval_folds, eval_key = load_or_make_eval_folds(train, config.n_folds, config.seed, out, merge,
                                                    links)  # fmt: skip
@@ -278,7 +284,7 @@ def _ablations(config: Stage2Config, groups: tuple[str, ...]) -> list[tuple[str,
     if not config.ablate:
         return [("acquisition",)] if "acquisition" in groups and len(groups) > 1 else []
     sets: list[tuple[str, ...]] = [(g,) for g in groups] if len(groups) > 1 else []
-    for joint in (IMAGE_GROUPS, {"patient", "ugly-duckling", "patient-context"}):
+    for joint in (IMAGE_GROUPS, {"patient", "ugly-duckling", "patient-context", "patient-scores"}):
         chosen = tuple(g for g in groups if g in joint)
         if 1 < len(chosen) < len(groups):
             sets.append(chosen)

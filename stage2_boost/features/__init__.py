@@ -9,13 +9,15 @@ import pandas as pd
 
 from ..data import StageData
 from .acquisition import AcquisitionFeatures
-from .base import FeatureGroup
+from .base import DerivedGroup, FeatureGroup
 from .embedding import EmbeddingFeatures
 from .expert import ExpertFeatures
 from .metadata import MetadataFeatures
+from .neighbours import NeighbourFeatures
 from .patient import PatientFeatures
 from .patient_context import PatientContextFeatures
-from .probe import LinearProbeFeatures
+from .patient_scores import PatientScoreFeatures
+from .probe import DiagnosisFeatures, LinearProbeFeatures
 from .source import SourceFeatures
 from .ugly_duckling import UglyDucklingFeatures
 
@@ -46,6 +48,12 @@ def create_feature_groups(
             groups += [UglyDucklingFeatures(s) for s in backbones]
         elif name == "patient-context":
             groups += [PatientContextFeatures(s, "pca", n_components, seed) for s in backbones]
+        elif name == "neighbours":
+            groups += [NeighbourFeatures(s, seed) for s in backbones]
+        elif name == "diagnosis":
+            groups += [DiagnosisFeatures(s, seed) for s in backbones]
+        elif name == "patient-scores":
+            groups.append(PatientScoreFeatures())
     return groups
 
 
@@ -58,7 +66,16 @@ def build_features(
     """Fit every group on ``fit_rows`` only, then transform each of ``row_sets``."""
     for group in groups:
         group.fit(data, fit_rows)
-    return [pd.concat([g.transform(data, rows) for g in groups], axis=1) for rows in row_sets]
+    return [transform_all(groups, data, rows) for rows in row_sets]
+
+
+def transform_all(
+    groups: Sequence[FeatureGroup], data: StageData, rows: np.ndarray
+) -> pd.DataFrame:
+    """Every fitted group's columns for ``rows``; derived groups after the others."""
+    built = pd.concat([g.transform(data, rows) for g in groups], axis=1)
+    derived = [g.derive(data, rows, built) for g in groups if isinstance(g, DerivedGroup)]
+    return pd.concat([built, *derived], axis=1)
 
 
 def feature_group_of(column: str) -> str:
@@ -72,6 +89,10 @@ def feature_group_of(column: str) -> str:
         ]
     if rest == "probe":
         return "probe"
+    if prefix == "patient_scores":
+        return "patient-scores"
+    if rest.startswith(("knn_", "dx_")):
+        return "neighbours" if rest.startswith("knn_") else "diagnosis"
     if rest.startswith("pc_"):
         return "patient-context"
     return "ugly-duckling" if rest.startswith("ud_") else "embedding"

@@ -48,3 +48,14 @@ class LabelFreeGroup(FeatureGroup):
         if self._cache is None or self._cache_for != id(data):
             self._cache, self._cache_for = self.compute(data), id(data)
         return self._cache.iloc[rows].reset_index(drop=True)
+
+
+class DerivedGroup(FeatureGroup):
+    """A group computed from the other groups' columns of the same rows (after them)."""
+
+    def transform(self, data: StageData, rows: np.ndarray) -> pd.DataFrame:
+        return pd.DataFrame(index=range(len(rows)))
+
+    @abstractmethod
+    def derive(self, data: StageData, rows: np.ndarray, built: pd.DataFrame) -> pd.DataFrame:
+        """Columns for ``rows`` from ``built``, the other groups' columns for the same rows."""

@@ -16,7 +16,7 @@ from scipy.special import expit
 
 from ..data import StageData, comparable_provenance
 from ..errors import ContractError
-from ..features import feature_group_of
+from ..features import feature_group_of, transform_all
 from .calibration import blend_logit
 from .load import SavedModel
 
@@ -64,7 +64,7 @@ def score_rows(
     contributions: list[np.ndarray] = []
     columns = model.columns
     for fold, groups in enumerate(model.fold_groups):
-        X = pd.concat([g.transform(data, rows) for g in groups], axis=1)
+        X = transform_all(groups, data, rows)
         if list(X.columns) != columns:
             raise ContractError(
                 f"The rebuilt features differ from the model's columns ({len(X.columns)} vs "

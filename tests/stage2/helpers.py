@@ -34,7 +34,7 @@ def synthetic_manifest(
             )
             rows.append({"image_name": f"IMG_{len(rows):05d}", "patient_id": f"P_{p:04d}",
                          "sex": ["male", "female"][p % 2], "age_approx": age,
-                         "anatom_site_general_challenge": site, "diagnosis": "unknown",
+                         "anatom_site_general_challenge": site, "diagnosis": "melanoma" if logit > 0 else ["nevus", "unknown"][len(rows) % 2],
                          "target": int(logit > 0) if split == "train" else pd.NA, "split": split})  # fmt: skip
     frame = pd.DataFrame(rows)
     frame.loc[frame.sample(frac=0.05, random_state=seed).index, "anatom_site_general_challenge"] = (

@@ -14,7 +14,13 @@ from stage1_embed.folds import load_or_make_folds, make_folds
 from stage2_boost.config import GROUPS
 from stage2_boost.cv import prepare_folds
 from stage2_boost.data import load_stage_data
-from stage2_boost.features import create_feature_groups, feature_group_of
+from stage2_boost.errors import ConfigError
+from stage2_boost.features import (
+    build_features,
+    create_feature_groups,
+    feature_group_of,
+    transform_all,
+)
 from stage2_boost.features.patient_context import leave_one_out_z
 from stage2_boost.features.ugly_duckling import patient_outlier_stats
 from tests.stage2.helpers import make_embeddings, synthetic_manifest, write_stage1
@@ -91,7 +97,7 @@ def test_leakage_validation_labels_and_images_do_not_reach_training_features(dat
     after = prepare_folds(data, train_rows, folds, groups_factory(), 0)
     pd.testing.assert_frame_equal(before[0].X_fit, after[0].X_fit)
     pd.testing.assert_frame_equal(before[0].X_stop, after[0].X_stop)
-    image_cols = [c for c in before[0].X_valid if not c.startswith("bb__")]
+    image_cols = [c for c in before[0].X_valid if not c.startswith(("bb__", "patient_scores__"))]
     pd.testing.assert_frame_equal(before[0].X_valid[image_cols], after[0].X_valid[image_cols])
 
 
@@ -99,12 +105,11 @@ def test_every_group_on_tiny_data(data) -> None:
     rows = data.split_index("train")
     data.experts["ex"] = np.random.default_rng(0).uniform(0.01, 0.99, len(data.frame))
     for name in GROUPS:
-        groups = create_feature_groups([name], ["bb"], "pca", 4, 0, experts=["ex"])
-        for g in groups:
-            g.fit(data, rows)
-        frame = pd.concat([g.transform(data, rows) for g in groups], axis=1)
+        names = ["probe", name] if name == "patient-scores" else [name]  # it derives from scores
+        groups = create_feature_groups(names, ["bb"], "pca", 4, 0, experts=["ex"])
+        frame = build_features(groups, data, rows, [rows])[0]
         assert len(frame) == len(rows) and frame.shape[1] > 0, name
-        assert {feature_group_of(c) for c in frame.columns} == {name}, name
+        assert {feature_group_of(c) for c in frame.columns} == set(names), name
     meta = (
         create_feature_groups(["metadata"], [], "pca", 4, 0)[0]
         .fit(data, rows)
@@ -241,3 +246,67 @@ def test_the_summary_says_how_many_images_were_regrouped(tmp_path: Path) -> None
     ).metrics
     assert metrics["folds"]["regrouped"] == 5  # the second patient's five images
     assert "5 image(s) regrouped" in format_run_summary(metrics, tmp_path)
+
+
+def test_a_training_image_is_never_its_own_patients_neighbour(tmp_path: Path) -> None:
+    """Each patient's images are identical and share one random label: counting the patient's
+    own images would make the vote perfect; leaving them out leaves chance."""
+    from sklearn.metrics import roc_auc_score
+
+    manifest = synthetic_manifest(n_patients=80, per_patient=3, n_test_patients=0)
+    rng = np.random.default_rng(4)
+    labels = rng.random(80) < 0.3
+    manifest["target"] = np.repeat(labels, 3).astype(int)
+    write_stage1(tmp_path, manifest, {"bb": np.repeat(rng.normal(size=(80, 32)), 3, axis=0)})
+    data = load_stage_data(tmp_path, None)
+    rows = data.split_index("train")
+    (group,) = create_feature_groups(["neighbours"], ["bb"], "pca", 4, 0)
+    frame = group.fit(data, rows).transform(data, rows)
+    assert abs(roc_auc_score(manifest["target"], frame["bb__knn_share"]) - 0.5) < 0.15
+    # a new image identical to a training patient's is that patient's neighbour
+    group.own_ = {}
+    fresh = group.transform(data, rows)
+    assert roc_auc_score(manifest["target"], fresh["bb__knn_closest"]) > 0.99
+
+
+def test_the_diagnosis_head_keeps_one_column_per_class_in_every_fold(data) -> None:
+    rows = data.split_index("train")
+    without_melanoma = rows[data.frame["diagnosis"].to_numpy()[rows] != "melanoma"]
+    (group,) = create_feature_groups(["diagnosis"], ["bb"], "pca", 4, 0)
+    every = group.fit(data, rows).transform(data, rows)
+    assert list(every.columns) == ["bb__dx_melanoma", "bb__dx_nevus", "bb__dx_unknown"]
+    assert np.allclose(every.sum(axis=1), 1)
+    partial = group.fit(data, without_melanoma).transform(data, rows)
+    assert list(partial.columns) == list(every.columns) and (partial["bb__dx_melanoma"] == 0).all()
+    data.frame["diagnosis"] = "unknown"
+    with pytest.raises(ConfigError, match="needs two or more diagnoses"):
+        group.fit(data, rows)
+
+
+def test_patient_scores_are_each_score_against_the_patients_images() -> None:
+    from stage2_boost.data import StageData
+    from stage2_boost.features.patient_scores import PatientScoreFeatures
+
+    frame = pd.DataFrame({"patient_id": ["a", "a", "a", "b"], "split": "train", "target": 0})
+    built = pd.DataFrame({"bb__probe": [1.0, 2.0, 6.0, 5.0], "bb__pca_00": [9.0, 9, 9, 9]})
+    out = PatientScoreFeatures().derive(StageData(frame), np.arange(4), built)
+    assert list(out.columns) == ["patient_scores__bb_probe_z", "patient_scores__bb_probe_rank"]
+    z = out["patient_scores__bb_probe_z"].to_numpy()
+    assert np.allclose(z[:3], (np.array([1, 2, 6]) - 3) / np.std([1, 2, 6], ddof=1))
+    assert np.isnan(z[3]) and np.isnan(out["patient_scores__bb_probe_rank"][3])
+    assert out["patient_scores__bb_probe_rank"][:3].tolist() == pytest.approx([1 / 3, 2 / 3, 1])
+
+
+@pytest.mark.parametrize("name", ["probe", "diagnosis", "neighbours"])
+def test_a_saved_label_group_scores_new_rows_as_the_fitted_one(data, name, tmp_path: Path) -> None:
+    from stage2_boost.model.load import read_group_state
+    from stage2_boost.model.save import write_group_state
+
+    train, test = data.split_index("train"), data.split_index("test")
+    fitted = create_feature_groups([name], ["bb"], "pca", 4, 0)
+    build_features(fitted, data, train, [])
+    values = write_group_state(fitted, tmp_path / "state.safetensors")
+    fresh = create_feature_groups([name], ["bb"], "pca", 4, 0)
+    read_group_state(fresh, values, tmp_path / "state.safetensors")
+    expected = transform_all(fitted, data, test)
+    pd.testing.assert_frame_equal(transform_all(fresh, data, test), expected, rtol=1e-6)
