@@ -1,7 +1,7 @@
 """Which image features earn a place among the defaults? Each candidate feature group is added
 to the default stack and judged by ``compare`` against the defaults on the same folds: the
 paired patient-bootstrap interval of the difference in OOF AUC and pAUC80, and the seconds the
-run took.
+run took (for a stage 1 candidate, stage 2 only: stage 1's own cost is printed apart).
 
     .venv/bin/python benchmarks/image_candidates.py --work /tmp/melanoma-candidates
     .venv/bin/python benchmarks/image_candidates.py --sets ham-half --candidates neighbours
@@ -18,7 +18,9 @@ import argparse
 import logging
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import optuna
 
@@ -32,18 +34,20 @@ from stage2_boost.config import DEFAULT_GROUPS, Stage2Config
 from stage2_boost.evidence import read_evidence
 from stage2_boost.train import run_training
 
-CANDIDATES = {
-    "neighbours": ("neighbours",),
-    "diagnosis": ("diagnosis",),
-    "patient-scores": ("patient-scores",),
-    "neighbours + patient-scores": ("neighbours", "patient-scores"),
+# candidate -> (feature groups added to the defaults, stage 1 settings changed)
+CANDIDATES: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
+    "neighbours": (("neighbours",), {}),
+    "diagnosis": (("diagnosis",), {}),
+    "patient-scores": (("patient-scores",), {}),
+    "neighbours + patient-scores": (("neighbours", "patient-scores"), {}),
+    "shades-of-gray": ((), {"colour_constancy": "shades-of-gray"}),
 }
 SETS = ("ham-half", "ham-lesions", "isic")
 
 
-def features_of(name: str, work: Path) -> Path:
-    """Stage 1 output (default backbones) for one set, made once."""
-    out = work / name / "features"
+def features_of(name: str, work: Path, **settings: Any) -> Path:
+    """Stage 1 output (default backbones, with ``settings``) for one set, made once."""
+    out = work / name / "-".join(["features", *(str(v) for v in settings.values())])
     if name == "ham-half":
         config = Stage1Config(data_dir=require_shared(HAM), out_dir=out, progress=False)
     elif name == "ham-lesions":
@@ -53,7 +57,7 @@ def features_of(name: str, work: Path) -> Path:
     else:
         data = isic_jpeg_layout(work / "isic-data")
         config = Stage1Config(data_dir=data, out_dir=out, progress=False)
-    run_stage1(config)
+    run_stage1(replace(config, **settings))
     return out
 
 
@@ -75,9 +79,12 @@ def main() -> None:
     print("| set | candidate | defaults AUC | with it | ΔAUC [paired 95% CI] | ΔpAUC80 [paired 95% CI] "
           "| seconds (defaults / with it) |\n| --- | --- | --- | --- | --- | --- | --- |")  # fmt: skip
     for name in args.sets:
-        features = features_of(name, args.work)
         runs = {}
-        for label, extra in [("defaults", ()), *((c, CANDIDATES[c]) for c in args.candidates)]:
+        for label, (extra, settings) in [
+            ("defaults", ((), {})),
+            *((c, CANDIDATES[c]) for c in args.candidates),
+        ]:
+            features = features_of(name, args.work, **settings)
             config = Stage2Config(features_dir=features, out_dir=args.work / name / "stage2",
                                   feature_groups=(*DEFAULT_GROUPS, *extra), n_trials=args.trials,
                                   report=False)  # fmt: skip

@@ -71,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="timm crop_mode (default: the model's own)",
     )
     p.add_argument(
+        "--colour-constancy",
+        choices=["none", "shades-of-gray"],
+        default="none",
+        help="make each image's illuminant grey before embedding (Shades of Gray, p=6)",
+    )
+    p.add_argument(
         "--tta", default="", help=f"comma-separated extra views averaged in: {','.join(TTA_VIEWS)}"
     )
     p.add_argument(
@@ -177,6 +183,7 @@ def config_from_args(args: argparse.Namespace) -> Stage1Config:
         input_size=args.input_size,
         crop_pct=args.crop_pct,
         crop_mode=args.crop_mode,
+        colour_constancy=args.colour_constancy,
         tta=tta,
         device=args.device,
         precision=args.precision,

@@ -101,6 +101,7 @@ def create_backbone(
     input_size: int | None = None,
     crop_pct: float | None = None,
     crop_mode: str | None = None,
+    colour_constancy: str | None = None,
 ) -> Backbone:
     """Build ``spec`` with ``num_classes=0`` (pooled pre-logits) in eval mode."""
     import timm
@@ -129,6 +130,8 @@ def create_backbone(
         data_config["crop_pct"] = crop_pct
     if crop_mode:
         data_config["crop_mode"] = crop_mode
+    if colour_constancy and colour_constancy != "none":  # absent: the digests of earlier runs hold
+        data_config["colour_constancy"] = colour_constancy
     architecture = getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__
     return Backbone(spec, model, data_config, weights, architecture, int(model.num_features))  # type: ignore[arg-type]
 

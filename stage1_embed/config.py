@@ -28,6 +28,7 @@ class Stage1Config:
     input_size: int | None = None
     crop_pct: float | None = None
     crop_mode: str | None = None
+    colour_constancy: str = "none"  # none | shades-of-gray (preprocess.py), after the crop
     tta: tuple[str, ...] = ()
     device: str = "auto"
     precision: str = "auto"
@@ -64,6 +65,10 @@ class Stage1Config:
             raise ConfigError(f"--precision {self.precision!r}: use auto, fp32, bf16 or fp16.")
         if self.crop_mode not in (None, "center", "squash", "border"):
             raise ConfigError(f"--crop-mode {self.crop_mode!r}: use center, squash or border.")
+        if self.colour_constancy not in ("none", "shades-of-gray"):
+            raise ConfigError(
+                f"--colour-constancy {self.colour_constancy!r}: use none or shades-of-gray."
+            )
         if self.crop_pct is not None and not 0.1 <= self.crop_pct <= 1.0:
             raise ConfigError(f"--crop-pct {self.crop_pct}: use a fraction in (0.1, 1].")
         if self.decode not in ("auto", "pil", "torchvision"):

@@ -240,12 +240,14 @@ def _build_backbone(
             spec, config.weights_dir, allow_random=config.allow_random_init,
             random_init=config.random_init, input_size=config.input_size,
             crop_pct=config.crop_pct, crop_mode=config.crop_mode,
+            colour_constancy=config.colour_constancy,
         )  # fmt: skip
     preprocessing = expected.preprocessing
     try:
         backbone = create_backbone(
             spec, config.weights_dir, input_size=expected.input_size,
             crop_pct=preprocessing.get("crop_pct"), crop_mode=preprocessing.get("crop_mode"),
+            colour_constancy=preprocessing.get("colour_constancy"),
         )  # fmt: skip
     except WeightsError as err:
         raise weights_missing(expected, err) from None

@@ -37,6 +37,7 @@ class Preprocess:
     scale_size: int
     interpolation: str
     crop_mode: str = "center"
+    colour_constancy: str = "none"  # or "shades-of-gray": see shades_of_gray
 
     @classmethod
     def from_data_config(cls, data_config: dict[str, Any]) -> Preprocess:
@@ -48,6 +49,7 @@ class Preprocess:
             math.floor(size / crop_pct),
             interpolation,
             str(data_config.get("crop_mode") or "center"),
+            str(data_config.get("colour_constancy") or "none"),
         )
 
     @property
@@ -73,7 +75,24 @@ class Preprocess:
             target = [self.scale_size]
         resized = F.resize(image, target, interpolation=mode, antialias=True)
         cropped = F.center_crop(resized, [self.size, self.size])
-        return F.pil_to_tensor(cropped) if isinstance(cropped, Image.Image) else cropped
+        pixels = F.pil_to_tensor(cropped) if isinstance(cropped, Image.Image) else cropped
+        return shades_of_gray(pixels) if self.colour_constancy == "shades-of-gray" else pixels
+
+
+SHADES_OF_GRAY_P = (
+    6  # the Minkowski norm of Finlayson & Trezzi (2004); Barata et al. (2015) on dermoscopy
+)
+
+
+def shades_of_gray(pixels: torch.Tensor) -> torch.Tensor:
+    """Colour constancy for one uint8 (3, H, W) image: each channel scaled so the image's
+    illuminant, estimated as the channels' p-norm means, becomes grey (the ISIC 2019 winners'
+    preprocessing: the same lesion under another lamp or camera gets the same colours). Written
+    here because it is four tensor operations on the pixels stage 1 already holds, on any device."""
+    values = pixels.float()
+    illuminant = values.pow(SHADES_OF_GRAY_P).mean(dim=(1, 2)).pow(1 / SHADES_OF_GRAY_P)
+    gain = illuminant.mean() / illuminant.clamp(min=1e-6)
+    return (values * gain.view(3, 1, 1)).round().clamp(0, 255).to(torch.uint8)
 
 
 def pil_to_uint8_chw(image: Image.Image) -> torch.Tensor:

@@ -75,6 +75,15 @@ def test_a_backbone_named_twice_is_refused() -> None:
         parse_backbones(("tf_efficientnet_lite0", "tf_efficientnet_lite0"))
 
 
+def test_colour_constancy_is_part_of_the_preprocessing_stage1_records() -> None:
+    spec = parse_backbone_spec(f"local-dir:{lite0_dir()}")
+    plain = create_backbone(spec)
+    balanced = create_backbone(spec, colour_constancy="shades-of-gray")
+    assert "colour_constancy" not in plain.data_config  # earlier runs' digests stay valid
+    assert balanced.data_config["colour_constancy"] == "shades-of-gray"
+    assert Preprocess.from_data_config(balanced.data_config).colour_constancy == "shades-of-gray"
+
+
 def test_input_size_override() -> None:
     backbone = create_backbone(
         parse_backbone_spec(f"local-dir:{lite0_dir()}"),

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from stage1_embed.config import Stage1Config
 from stage1_embed.decode import decode_image_bytes
-from stage1_embed.errors import ImageReadError
+from stage1_embed.errors import ConfigError, ImageReadError
 from stage1_embed.kaggle_layout import encode_jpeg
 from tests.conftest import tiny_pixels
 
@@ -144,3 +145,19 @@ def test_torch_resize_gives_pils_pixels(mode: str) -> None:
         assert ours.shape == reference.shape == (3, 96, 96) and ours.dtype == reference.dtype
         diff = (ours.int() - reference.int()).abs()
         assert int(diff.max()) <= tolerance and float((diff > 0).float().mean()) < 0.01
+
+
+def test_shades_of_gray_removes_a_colour_cast_and_keeps_grey() -> None:
+    import torch
+
+    from stage1_embed.preprocess import SHADES_OF_GRAY_P, shades_of_gray
+
+    texture = np.random.default_rng(0).integers(40, 200, (64, 64)).astype(np.float64)
+    cast = np.stack([texture * 1.0, texture * 0.8, texture * 0.55])  # a warm lamp
+    balanced = shades_of_gray(torch.from_numpy(cast.round().astype(np.uint8))).double()
+    means = balanced.pow(SHADES_OF_GRAY_P).mean(dim=(1, 2)).pow(1 / SHADES_OF_GRAY_P)
+    assert float(means.max() / means.min()) < 1.01
+    grey = torch.from_numpy(np.stack([texture] * 3).astype(np.uint8))
+    assert torch.equal(shades_of_gray(grey), grey)
+    with pytest.raises(ConfigError, match="use none or shades-of-gray"):
+        Stage1Config(colour_constancy="grey-world")
