@@ -41,6 +41,7 @@ CANDIDATES: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "patient-scores": (("patient-scores",), {}),
     "neighbours + patient-scores": (("neighbours", "patient-scores"), {}),
     "shades-of-gray": ((), {"colour_constancy": "shades-of-gray"}),
+    "catavgmax pooling": ((), {"pooling": "catavgmax"}),
 }
 SETS = ("ham-half", "ham-lesions", "isic")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .backbones import DEFAULT_BACKBONES, HUB_PRESET, SPEC_FORMS
 from .common import run_cli, setup_logging
-from .config import DEFAULT_OUT_DIR, Stage1Config
+from .config import DEFAULT_OUT_DIR, POOLINGS, Stage1Config
 from .decode import DEFAULT_MAX_PIXELS
 from .errors import ConfigError
 from .extract import TTA_VIEWS
@@ -75,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["none", "shades-of-gray"],
         default="none",
         help="make each image's illuminant grey before embedding (Shades of Gray, p=6)",
+    )
+    p.add_argument(
+        "--pooling",
+        choices=POOLINGS,
+        default="avg",
+        help="timm's global pooling of the last feature map; catavgmax doubles the width",
     )
     p.add_argument(
         "--tta", default="", help=f"comma-separated extra views averaged in: {','.join(TTA_VIEWS)}"
@@ -184,6 +190,7 @@ def config_from_args(args: argparse.Namespace) -> Stage1Config:
         crop_pct=args.crop_pct,
         crop_mode=args.crop_mode,
         colour_constancy=args.colour_constancy,
+        pooling=args.pooling,
         tta=tta,
         device=args.device,
         precision=args.precision,

@@ -102,6 +102,7 @@ def create_backbone(
     crop_pct: float | None = None,
     crop_mode: str | None = None,
     colour_constancy: str | None = None,
+    pooling: str | None = None,
 ) -> Backbone:
     """Build ``spec`` with ``num_classes=0`` (pooled pre-logits) in eval mode."""
     import timm
@@ -116,7 +117,7 @@ def create_backbone(
             weights.model_name,
             pretrained=weights.pretrained,
             num_classes=0,
-            **weights.create_kwargs,
+            **(weights.create_kwargs | _pool_kwargs(pooling)),
         )
     except Exception as err:  # timm/hub/file errors: all mean the weights could not be loaded
         raise WeightsError(
@@ -132,8 +133,15 @@ def create_backbone(
         data_config["crop_mode"] = crop_mode
     if colour_constancy and colour_constancy != "none":  # absent: the digests of earlier runs hold
         data_config["colour_constancy"] = colour_constancy
+    if pooling and pooling != "avg":  # timm's global_pool; recorded beside the preprocessing
+        data_config["global_pool"] = pooling
     architecture = getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__
-    return Backbone(spec, model, data_config, weights, architecture, int(model.num_features))  # type: ignore[arg-type]
+    width: Any = getattr(model, "head_hidden_size", None) or model.num_features  # catavgmax: 2x
+    return Backbone(spec, model, data_config, weights, architecture, int(width))
+
+
+def _pool_kwargs(pooling: str | None) -> dict[str, Any]:
+    return {"global_pool": pooling} if pooling and pooling != "avg" else {}
 
 
 def _random_name(spec: BackboneSpec) -> str:

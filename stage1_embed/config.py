@@ -11,6 +11,7 @@ from .decode import DEFAULT_MAX_PIXELS
 from .errors import ConfigError
 
 DEFAULT_OUT_DIR = Path("data/out")
+POOLINGS = ("avg", "max", "avgmax", "catavgmax")
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,9 @@ class Stage1Config:
     crop_pct: float | None = None
     crop_mode: str | None = None
     colour_constancy: str = "none"  # none | shades-of-gray (preprocess.py), after the crop
+    pooling: str = (
+        "avg"  # timm's global_pool: avg | max | avgmax | catavgmax (avg and max side by side)
+    )
     tta: tuple[str, ...] = ()
     device: str = "auto"
     precision: str = "auto"
@@ -69,6 +73,8 @@ class Stage1Config:
             raise ConfigError(
                 f"--colour-constancy {self.colour_constancy!r}: use none or shades-of-gray."
             )
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"--pooling {self.pooling!r}: use {', '.join(POOLINGS)}.")
         if self.crop_pct is not None and not 0.1 <= self.crop_pct <= 1.0:
             raise ConfigError(f"--crop-pct {self.crop_pct}: use a fraction in (0.1, 1].")
         if self.decode not in ("auto", "pil", "torchvision"):

@@ -108,7 +108,10 @@ def onnx_path(backbone: Backbone) -> Path:
     """The cached export of this backbone at its input size."""
     size = int(backbone.data_config["input_size"][-1])
     digest = (backbone.weights.sha256 or "random")[:16]
-    name = f"{backbone.architecture}-{digest}-{size}px-opset{OPSET}-torch{torch.__version__.split('+')[0]}"
+    pool = (
+        f"-{backbone.data_config['global_pool']}" if "global_pool" in backbone.data_config else ""
+    )
+    name = f"{backbone.architecture}-{digest}-{size}px{pool}-opset{OPSET}-torch{torch.__version__.split('+')[0]}"
     return cache_dir() / "onnx" / f"{name}.onnx"
 
 

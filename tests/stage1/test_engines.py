@@ -54,6 +54,20 @@ def test_onnx_engine_matches_torch_and_is_its_own_cache_entry(
     assert engines.resolve_engine("auto", "cuda") == "torch"
 
 
+def test_another_pooling_is_its_own_export_and_its_own_embeddings(config: Stage1Config) -> None:
+    """timm's catavgmax pooling (average and maximum side by side) doubles the width; its ONNX
+    export is a file of its own, never the average-pooled one, and agrees with torch."""
+    pytest.importorskip("onnxruntime")
+    plain = run_stage1(replace(config, engine="onnx", out_dir=config.out_dir / "avg"))
+    both = run_stage1(replace(config, engine="onnx", pooling="catavgmax"))
+    assert plain.results[0].status == both.results[0].status == "computed"
+    wide = table(config.out_dir)
+    assert wide.vectors.shape[1] == 2 * table(config.out_dir / "avg").vectors.shape[1] == 2560
+    assert wide.provenance["preprocessing"]["global_pool"] == "catavgmax"
+    assert wide.provenance["engine_used"] == "onnx"
+    assert len(list((engines.cache_dir() / "onnx").glob("*catavgmax*.onnx"))) == 1
+
+
 def test_an_export_that_disagrees_falls_back_to_torch(
     config: Stage1Config, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
     tmp_path: Path,
