@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep patients apart even when they share an identical image (by default they "
         "share a fold, so one picture never sits in two folds)",
     )
+    t.add_argument("--target", default="melanoma", choices=["melanoma", "diagnosis"],
+                   help="diagnosis: the multi-class model on the embeddings alone, per-class AUC "
+                   "and balanced accuracy (no stack, no study)")  # fmt: skip
     t.add_argument("--no-report", action="store_true")
     t.add_argument(
         "--no-cache",
@@ -180,6 +183,11 @@ def _train(args: argparse.Namespace) -> int:
         search_bins=args.search_bins or None, prune_rounds=args.prune_rounds,
         merge_duplicates=not args.no_merge_duplicates,
     )  # fmt: skip
+    if args.target == "diagnosis":
+        from .diagnosis import format_diagnosis, run_diagnosis
+
+        print(format_diagnosis(run_diagnosis(config), config.stage2_dir))
+        return 0
     result = run_training(config)
     print(format_run_summary(result.metrics, result.out_dir))
     return 0

@@ -151,7 +151,7 @@ def patient_draws(patients: np.ndarray, n_boot: int, seed: int) -> tuple[np.ndar
     return draws, codes
 
 
-def _interval(values: np.ndarray) -> list[float]:
+def percentile_interval(values: np.ndarray) -> list[float]:
     """The 95% percentile interval, replicates without a value (no malignant or no benign image
     drawn) left out: :func:`metric_summary` reports how many."""
     if np.isnan(values).all():
@@ -177,7 +177,10 @@ def metric_summary(
             summary[name], summary[f"{name}_ci95"] = None, None
             summary["not_reported"][name] = reason
         else:
-            summary[name], summary[f"{name}_ci95"] = point[name], _interval(replicates[name])
+            summary[name], summary[f"{name}_ci95"] = (
+                point[name],
+                percentile_interval(replicates[name]),
+            )
     return summary
 
 
@@ -200,8 +203,11 @@ def paired_differences(
             continue
         out[f"a_{name}"], out[f"b_{name}"] = a[name], b[name]
         out[f"delta_{name}"] = b[name] - a[name]
-        out[f"delta_{name}_ci95"] = _interval(rep_b[name] - rep_a[name])
-    out["a_auc_ci95"], out["b_auc_ci95"] = _interval(rep_a["auc"]), _interval(rep_b["auc"])
+        out[f"delta_{name}_ci95"] = percentile_interval(rep_b[name] - rep_a[name])
+    out["a_auc_ci95"], out["b_auc_ci95"] = (
+        percentile_interval(rep_a["auc"]),
+        percentile_interval(rep_b["auc"]),
+    )
     return out
 
 
@@ -210,7 +216,7 @@ def bootstrap_auc_ci(
 ) -> tuple[float, float]:
     """95% interval of the AUC when whole patients are resampled with replacement."""
     draws, codes = patient_draws(patients, n_boot, seed)
-    low, high = _interval(curve_metrics(target, score, draws, codes)["auc"])
+    low, high = percentile_interval(curve_metrics(target, score, draws, codes)["auc"])
     return low, high
 
 

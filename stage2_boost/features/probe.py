@@ -53,9 +53,11 @@ class LinearProbeFeatures(FeatureGroup):
         splitter = StratifiedGroupKFold(INNER_FOLDS, shuffle=True, random_state=self.seed)
         with warnings.catch_warnings():  # a rare class in fewer than INNER_FOLDS groups: fine
             warnings.filterwarnings("ignore", "The least populated class", UserWarning)
-            oof = cross_val_predict(_probe(), X, y, groups=groups, cv=splitter, method=self.method)
+            oof = cross_val_predict(
+                linear_probe(), X, y, groups=groups, cv=splitter, method=self.method
+            )
         self.oof_ = dict(zip(rows.tolist(), oof, strict=True))
-        self.model_ = _probe().fit(X, y)
+        self.model_ = linear_probe().fit(X, y)
         return self
 
     def get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -69,7 +71,7 @@ class LinearProbeFeatures(FeatureGroup):
 
     def set_state(self, values: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         """The probe fitted on the whole training part (new rows never had inner OOF scores)."""
-        model = _probe()
+        model = linear_probe()
         scaler, logistic = model[0], model[-1]
         scaler.mean_, scaler.scale_ = arrays["scaler_mean"], arrays["scaler_scale"]
         scaler.var_ = arrays["scaler_scale"] ** 2
@@ -138,5 +140,5 @@ def _slug(name: str) -> str:
     return "".join(ch if ch.isalnum() else "_" for ch in name).strip("_")
 
 
-def _probe() -> Pipeline:
+def linear_probe() -> Pipeline:
     return make_pipeline(StandardScaler(), LogisticRegression(C=PROBE_C, max_iter=1000))
