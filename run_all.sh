@@ -19,7 +19,8 @@ Usage: ./run_all.sh [options]
                       default: tf_efficientnet_lite0,tf_efficientnet_lite1,tf_efficientnet_lite2
   --trials N          Optuna trials added to each model's study this run (default 20)
   --features GROUPS   stage-2 feature groups: metadata,patient,embedding,probe,ugly-duckling,
-                      patient-context,acquisition (default: all but patient-context and acquisition)
+                      neighbours (these six: the default), patient-context,diagnosis,
+                      patient-scores,acquisition,source,expert
   --timeout S         seconds of tuning per model
   --ablate            also refit without each feature group in turn: what each group is worth
   --storage URL       Optuna storage (default sqlite:///OUT/stage2/optuna.db); a PostgreSQL/MySQL URL

@@ -13,7 +13,7 @@ from .errors import ConfigError
 MODELS = ("lgbm", "xgb")  # the booster adapters (boosters.BOOSTERS)
 GROUPS = ("metadata", "patient", "embedding", "probe", "ugly-duckling", "patient-context",
           "neighbours", "diagnosis", "patient-scores", "acquisition", "source", "expert")  # fmt: skip
-DEFAULT_GROUPS = ("metadata", "patient", "embedding", "probe", "ugly-duckling")
+DEFAULT_GROUPS = ("metadata", "patient", "embedding", "probe", "ugly-duckling", "neighbours")
 IMAGE_GROUPS = frozenset({"embedding", "probe", "ugly-duckling", "patient-context", "neighbours",
                           "diagnosis"})  # fmt: skip
 

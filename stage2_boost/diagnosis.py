@@ -37,12 +37,15 @@ def run_diagnosis(config: Stage2Config) -> dict[str, Any]:
         config.features_dir, list(config.backbones) if config.backbones else None
     )
     if not data.embeddings:
-        raise ConfigError(f"--target diagnosis needs embeddings; none in {config.features_dir}.")
+        raise ConfigError(
+            f"python -m stage2_boost train --target diagnosis needs embeddings; none in "
+            f"{config.features_dir}: run stage 1 with backbones first."
+        )
     rows = data.train_index()[0]
     train = data.frame.iloc[rows]
     classes = diagnosis_classes(data)[rows]
     if len(set(classes)) < 2:
-        raise ConfigError(f"--target diagnosis needs two or more diagnoses; {config.features_dir} "
+        raise ConfigError(f"python -m stage2_boost train --target diagnosis needs two or more diagnoses; {config.features_dir} "
                           f"has {sorted(set(classes))}. Fill the diagnosis column of train.csv.")  # fmt: skip
     out = config.stage2_dir
     out.mkdir(parents=True, exist_ok=True)

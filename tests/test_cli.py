@@ -94,7 +94,7 @@ def test_smoke_run_then_stage2_rerun_leaves_stage1_untouched(tmp_path: Path) -> 
     runs = run([sys.executable, "-m", "stage2_boost", "runs", "--out", str(out / "stage2")])
     assert (
         runs.returncode == 0
-        and runs.stdout.count("metadata+patient+embedding+probe+ugly-duckling") == 2
+        and runs.stdout.count("metadata+patient+embedding+probe+ugly-duckling+neighbours") == 2
     )
     inspect = run([sys.executable, "-m", "stage2_boost", "inspect", "--out", str(out / "stage2")])
     assert (
