@@ -37,7 +37,6 @@ class LinearProbeFeatures(FeatureGroup):
         self.slug, self.seed = slug, seed
         self.model_: Pipeline | None = None
         self.oof_: dict[int, np.ndarray] = {}
-        self.vocabulary_: list[str] = []
 
     def labels(self, data: StageData, rows: np.ndarray) -> np.ndarray:
         """What the probe learns to predict, for ``rows``."""
@@ -98,6 +97,10 @@ class DiagnosisFeatures(LinearProbeFeatures):
 
     group = "diagnosis"
     method = "predict_proba"
+
+    def __init__(self, slug: str, seed: int = 0) -> None:
+        super().__init__(slug, seed)
+        self.vocabulary_: list[str] = []
 
     def labels(self, data: StageData, rows: np.ndarray) -> np.ndarray:
         return diagnosis_classes(data)[rows]
