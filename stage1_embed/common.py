@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from importlib import metadata
@@ -48,17 +47,15 @@ class OutputError(MelanomaStackError):
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it onto ``target`` only on success.
 
-    The file gets the mode a plain ``open`` would give it (0666 less the umask), not mkstemp's
-    private 0600, so a teammate can read what the run wrote."""
+    The file is created with mode 0666 less the umask (the kernel applies it), as a plain
+    ``open`` would, not mkstemp's private 0600, so a teammate can read what the run wrote."""
     target = Path(target)
+    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.tmp"
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        os.fchmod(fd, 0o666 & ~_umask())
-        os.close(fd)
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     except OSError as err:
         raise OutputError(_describe_os_error(target, err)) from err
-    tmp = Path(tmp_name)
     try:
         yield tmp
         os.replace(tmp, target)
@@ -101,20 +98,6 @@ def atomic_folder(target: Path, replace: bool = True) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def _umask() -> int:
-    """The process umask, read without changing it (``os.umask`` can only be read by setting
-    it, which would give a file another thread creates meanwhile the wrong mode)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0)  # no /proc (not Linux): the set-and-restore read
-    os.umask(mask)
-    return mask
 
 
 def _describe_os_error(target: Path, err: OSError) -> str:

@@ -350,9 +350,15 @@ def _extra_summary(data: StageData, extra_rows: np.ndarray) -> dict[str, Any]:
     }
 
 
-_MODEL_PROVENANCE = ("backbone_spec", "slug", "architecture", "num_features", "weights", "pretrained",
-                     "preprocessing", "tta_views", "precision", "engine", "chunk_size", "settings_digest",
-                     "channel_order")  # fmt: skip
+_BACKBONE_PROVENANCE = ("backbone_spec", "slug", "architecture", "num_features", "weights",
+                        "pretrained", "preprocessing", "tta_views", "precision", "engine",
+                        "chunk_size", "settings_digest", "channel_order")  # fmt: skip
+
+
+def _backbone_provenance(data: StageData) -> dict[str, dict[str, Any]]:
+    """What each backbone's embeddings were made with, for metrics.json and the saved model."""
+    return {slug: {k: p.get(k) for k in _BACKBONE_PROVENANCE}
+            for slug, p in data.embedding_provenance.items()}  # fmt: skip
 
 
 def _save_models(
@@ -369,8 +375,7 @@ def _save_models(
         boosters={m.name: (create_booster(m.name), m.cv.models,
                            {"params": m.params, "n_rounds": m.n_rounds, "study": m.study}) for m in models},
         platt={"slope": blended.platt.slope, "intercept": blended.platt.intercept},
-        backbones={slug: {k: p.get(k) for k in _MODEL_PROVENANCE}
-                   for slug, p in data.embedding_provenance.items()},
+        backbones=_backbone_provenance(data),
         metrics=summary, config=config.to_json(),
         experts={slug: (p, sorted((Path(config.features_dir) / "experts" / slug).glob("fold*.safetensors")))
                  for slug, p in data.expert_provenance.items()},
@@ -521,9 +526,7 @@ def _metrics(
         "n_test": len(evaluation[0].X_test) if evaluation[0].X_test is not None else 0,
         "feature_groups": feature_set["groups"],
         "backbones": feature_set["backbones"],
-        "backbone_provenance": {
-            s: _short_provenance(p) for s, p in data.embedding_provenance.items()
-        },
+        "backbone_provenance": _backbone_provenance(data),
         "n_features": feature_set["n_features"],
         "data_digest": feature_set["data_digest"],
         "dataset": data.dataset,
@@ -578,19 +581,6 @@ def _calibration_metrics(target: np.ndarray, blended: BlendResult) -> dict[str, 
         "brier_base_rate": brier_score_loss(target, np.full(len(target), target.mean())),
         "evaluated": "cross-fitted: each fold calibrated by a fit on the other folds",
     }
-
-
-def _short_provenance(p: dict[str, Any]) -> dict[str, Any]:
-    keys = (
-        "backbone_spec",
-        "architecture",
-        "pretrained",
-        "weights",
-        "preprocessing",
-        "tta_views",
-        "settings_digest",
-    )
-    return {k: p.get(k) for k in keys}
 
 
 def _write_outputs(

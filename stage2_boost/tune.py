@@ -248,17 +248,8 @@ def run_study(study: optuna.Study, objective: Any, n_trials: int, timeout: float
     if n_trials <= 0:
         return
 
-    # kept up to date here, with no storage read per logged trial, unless other workers may be
-    # adding trials to the study (a database server)
-    shared = is_shared(study._storage)
-    best = _best_value(study)
-
     def log_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        nonlocal best
-        if shared:
-            best = _best_value(study)
-        elif trial.state == optuna.trial.TrialState.COMPLETE and trial.value is not None:
-            best = trial.value if best is None else max(best, trial.value)
+        best = _best_value(study)  # other workers may add trials too; read through the trial cache
         if trial.state == optuna.trial.TrialState.PRUNED and "pruned" in trial.user_attrs:
             outcome = f"pruned {trial.user_attrs['pruned']}"
         else:
