@@ -42,13 +42,16 @@ CANDIDATES: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "neighbours + patient-scores": (("neighbours", "patient-scores"), {}),
     "shades-of-gray": ((), {"colour_constancy": "shades-of-gray"}),
     "catavgmax pooling": ((), {"pooling": "catavgmax"}),
+    "last two stages": ((), {"stages": ("last", "last-1")}),
+    "head + last two stages": ((), {"stages": ("head", "last", "last-1")}),
 }
 SETS = ("ham-half", "ham-lesions", "isic")
 
 
 def features_of(name: str, work: Path, **settings: Any) -> Path:
     """Stage 1 output (default backbones, with ``settings``) for one set, made once."""
-    out = work / name / "-".join(["features", *(str(v) for v in settings.values())])
+    words = [v if isinstance(v, str) else "-".join(v) for v in settings.values()]
+    out = work / name / "-".join(["features", *words])
     if name == "ham-half":
         config = Stage1Config(data_dir=require_shared(HAM), out_dir=out, progress=False)
     elif name == "ham-lesions":

@@ -83,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="timm's global pooling of the last feature map; catavgmax doubles the width",
     )
     p.add_argument(
+        "--stages",
+        default="head",
+        help="what the embedding holds: head (the pooled features the classifier sees) and/or "
+        "the average-pooled outputs of stages counted from the end: last, last-1, ...; e.g. "
+        "last,last-1 (the last two stages, no head)",
+    )
+    p.add_argument(
         "--tta", default="", help=f"comma-separated extra views averaged in: {','.join(TTA_VIEWS)}"
     )
     p.add_argument(
@@ -191,6 +198,7 @@ def config_from_args(args: argparse.Namespace) -> Stage1Config:
         crop_mode=args.crop_mode,
         colour_constancy=args.colour_constancy,
         pooling=args.pooling,
+        stages=tuple(s.strip() for s in args.stages.split(",") if s.strip()),
         tta=tta,
         device=args.device,
         precision=args.precision,

@@ -103,6 +103,7 @@ def create_backbone(
     crop_mode: str | None = None,
     colour_constancy: str | None = None,
     pooling: str | None = None,
+    stages: tuple[str, ...] | None = None,
 ) -> Backbone:
     """Build ``spec`` with ``num_classes=0`` (pooled pre-logits) in eval mode."""
     import timm
@@ -137,6 +138,12 @@ def create_backbone(
         data_config["global_pool"] = pooling
     architecture = getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__
     width: Any = getattr(model, "head_hidden_size", None) or model.num_features  # catavgmax: 2x
+    if stages and tuple(stages) != ("head",):  # recorded beside the preprocessing, as pooling
+        from .stage_features import StageFeatures
+
+        model = StageFeatures(model, stages, int(width)).eval()
+        data_config["stages"] = list(stages)
+        width = model.num_features
     return Backbone(spec, model, data_config, weights, architecture, int(width))
 
 

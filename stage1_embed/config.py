@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,7 @@ class Stage1Config:
     pooling: str = (
         "avg"  # timm's global_pool: avg | max | avgmax | catavgmax (avg and max side by side)
     )
+    stages: tuple[str, ...] = ("head",)  # head and/or stages from the end: last, last-1, ...
     tta: tuple[str, ...] = ()
     device: str = "auto"
     precision: str = "auto"
@@ -75,6 +77,14 @@ class Stage1Config:
             )
         if self.pooling not in POOLINGS:
             raise ConfigError(f"--pooling {self.pooling!r}: use {', '.join(POOLINGS)}.")
+        if (
+            not self.stages
+            or len(set(self.stages)) < len(self.stages)
+            or not all(s == "head" or re.fullmatch(r"last(-[1-9])?", s) for s in self.stages)
+        ):
+            raise ConfigError(f"--stages {','.join(self.stages)!r}: name each once, as head or a "
+                              "stage counted from the end (last, last-1, last-2, ...), e.g. "
+                              "--stages last,last-1.")  # fmt: skip
         if self.crop_pct is not None and not 0.1 <= self.crop_pct <= 1.0:
             raise ConfigError(f"--crop-pct {self.crop_pct}: use a fraction in (0.1, 1].")
         if self.decode not in ("auto", "pil", "torchvision"):

@@ -108,9 +108,9 @@ def onnx_path(backbone: Backbone) -> Path:
     """The cached export of this backbone at its input size."""
     size = int(backbone.data_config["input_size"][-1])
     digest = (backbone.weights.sha256 or "random")[:16]
-    pool = (
-        f"-{backbone.data_config['global_pool']}" if "global_pool" in backbone.data_config else ""
-    )
+    config = backbone.data_config  # what changes the network's output, beside the weights
+    pool = f"-{config['global_pool']}" if "global_pool" in config else ""
+    pool += f"-stages-{'-'.join(config['stages'])}" if "stages" in config else ""
     name = f"{backbone.architecture}-{digest}-{size}px{pool}-opset{OPSET}-torch{torch.__version__.split('+')[0]}"
     return cache_dir() / "onnx" / f"{name}.onnx"
 

@@ -240,7 +240,7 @@ def _build_backbone(
             spec, config.weights_dir, allow_random=config.allow_random_init,
             random_init=config.random_init, input_size=config.input_size,
             crop_pct=config.crop_pct, crop_mode=config.crop_mode,
-            colour_constancy=config.colour_constancy, pooling=config.pooling,
+            colour_constancy=config.colour_constancy, pooling=config.pooling, stages=config.stages,
         )  # fmt: skip
     preprocessing = expected.preprocessing
     try:
@@ -248,7 +248,7 @@ def _build_backbone(
             spec, config.weights_dir, input_size=expected.input_size,
             crop_pct=preprocessing.get("crop_pct"), crop_mode=preprocessing.get("crop_mode"),
             colour_constancy=preprocessing.get("colour_constancy"),
-            pooling=preprocessing.get("global_pool"),
+            pooling=preprocessing.get("global_pool"), stages=tuple(preprocessing.get("stages") or ()),
         )  # fmt: skip
     except WeightsError as err:
         raise weights_missing(expected, err) from None

@@ -13,6 +13,7 @@ import torch
 
 from stage1_embed import engines
 from stage1_embed.config import Stage1Config
+from stage1_embed.errors import ConfigError
 from stage1_embed.pipeline import run_stage1
 from stage1_embed.progress import LogProgress, progress_bar
 from stage1_embed.schema import read_embeddings
@@ -66,6 +67,38 @@ def test_another_pooling_is_its_own_export_and_its_own_embeddings(config: Stage1
     assert wide.provenance["preprocessing"]["global_pool"] == "catavgmax"
     assert wide.provenance["engine_used"] == "onnx"
     assert len(list((engines.cache_dir() / "onnx").glob("*catavgmax*.onnx"))) == 1
+
+
+def test_stages_are_their_own_export_and_agree_with_the_models_own_stages(
+    config: Stage1Config, tmp_path: Path
+) -> None:
+    """--stages last,last-1: Lite0's two last stages average-pooled (320 + 112 channels, no
+    head), the same numbers through torch and ONNX and through timm's own feature extractor."""
+    pytest.importorskip("onnxruntime")
+    import timm
+
+    stages = ("last", "last-1")
+    run_stage1(replace(config, engine="torch", stages=stages, out_dir=tmp_path / "torch"))
+    assert run_stage1(replace(config, engine="onnx", stages=stages)).results[0].status == "computed"
+    a, b = table(tmp_path / "torch"), table(config.out_dir)
+    assert a.vectors.shape[1] == 112 + 320
+    assert b.provenance["preprocessing"]["stages"] == ["last", "last-1"]
+    assert b.provenance["engine_used"] == "onnx" and np.abs(a.vectors - b.vectors).max() < 1e-3
+    assert len(list((engines.cache_dir() / "onnx").glob("*stages-last-last-1*.onnx"))) == 1
+    # the reference: timm's features_only model on one image, preprocessed as stage 1 does
+    reference = timm.create_model(f"local-dir:{lite0_dir()}", pretrained=True, features_only=True,
+                                  out_indices=(3, 4)).eval()  # fmt: skip
+    from stage1_embed.backbones import create_backbone, parse_backbone_spec
+
+    ours = create_backbone(parse_backbone_spec(config.backbones[0]), stages=stages).model
+    pixels = torch.rand(1, 3, 224, 224)
+    with torch.no_grad():
+        expected = torch.cat([m.mean((2, 3)) for m in reference(pixels)], 1)
+        assert torch.allclose(ours(pixels), expected, atol=1e-5)
+    with pytest.raises(ConfigError, match="has 5 stages"):
+        create_backbone(parse_backbone_spec(config.backbones[0]), stages=("last-7",))
+    with pytest.raises(ConfigError, match="name each once"):
+        replace(config, stages=("-1",))
 
 
 def test_an_export_that_disagrees_falls_back_to_torch(
