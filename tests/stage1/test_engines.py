@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -191,3 +192,38 @@ def test_onnx_on_a_many_core_cpu_decodes_in_threads_not_worker_processes(
     assert _embed_settings(replace(base, engine="onnx")).num_workers == 0
     assert _embed_settings(replace(base, engine="torch")).num_workers == 4
     assert _embed_settings(replace(base, engine="onnx", num_workers=3)).num_workers == 3
+
+
+def test_a_model_trained_on_stages_scores_with_its_own_stages(
+    config: Stage1Config, tmp_path: Path
+) -> None:
+    """The stages are part of the preprocessing a saved model records: scoring with it embeds
+    the same stages whatever --stages says, and gives the training run's own test predictions."""
+    from stage1_embed.kaggle_layout import encode_jpeg, write_kaggle_dataset
+    from stage2_boost.config import Stage2Config
+    from stage2_boost.model.predict import run_predict
+    from stage2_boost.train import run_training
+    from tests.conftest import tiny_pixels, tiny_table
+    from tests.stage2.helpers import FAST
+
+    train_rows = tiny_table(n_patients=10)  # enough malignant images for three folds
+    test_rows = tiny_table(1, 3).assign(image_name=lambda t: "TEST_" + t["image_name"])
+    names = [*train_rows["image_name"], *test_rows["image_name"]]
+    pixels = tiny_pixels(len(names), seed=3)
+    data = tmp_path / "data"
+    write_kaggle_dataset(data, {"train": train_rows, "test": test_rows.drop(columns="target")},
+                         {n: encode_jpeg(p) for n, p in zip(names, pixels, strict=True)})  # fmt: skip
+    config = replace(config, data_dir=data)
+    run_stage1(replace(config, stages=("last-1",)))
+    train = Stage2Config(features_dir=config.out_dir, feature_groups=("metadata", "embedding"), **FAST)
+    run_training(train)
+    model = train.stage2_dir / "model"
+    scored = tmp_path / "scored"
+    run_stage1(replace(config, out_dir=scored, model_dir=model, skip_missing=True))
+    assert table(scored).vectors.shape[1] == 112
+    assert table(scored).provenance["preprocessing"]["stages"] == ["last-1"]
+    predicted = run_predict(model, scored, tmp_path / "p", split="test").predictions
+    expected = pd.read_parquet(train.stage2_dir / "test_pred.parquet")
+    merged = predicted.merge(expected, on="image_name", suffixes=("", "_train"))
+    assert len(merged) == len(expected) > 0
+    np.testing.assert_allclose(merged["probability"], merged["probability_train"], atol=1e-5)
