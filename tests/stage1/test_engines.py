@@ -215,7 +215,9 @@ def test_a_model_trained_on_stages_scores_with_its_own_stages(
                          {n: encode_jpeg(p) for n, p in zip(names, pixels, strict=True)})  # fmt: skip
     config = replace(config, data_dir=data)
     run_stage1(replace(config, stages=("last-1",)))
-    train = Stage2Config(features_dir=config.out_dir, feature_groups=("metadata", "embedding"), **FAST)
+    train = Stage2Config(
+        features_dir=config.out_dir, feature_groups=("metadata", "embedding"), **FAST
+    )
     run_training(train)
     model = train.stage2_dir / "model"
     scored = tmp_path / "scored"
