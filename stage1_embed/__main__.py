@@ -84,10 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--stages",
-        default="head",
-        help="what the embedding holds: head (the pooled features the classifier sees) and/or "
-        "the average-pooled outputs of stages counted from the end: last, last-1, ...; e.g. "
-        "last,last-1 (the last two stages, no head)",
+        default="last,last-1",
+        help="what the embedding holds: the average-pooled outputs of stages counted from the "
+        "end (last, last-1, ...) and/or head (the pooled features the classifier sees); default "
+        "the last two stages, no head",
     )
     p.add_argument(
         "--tta", default="", help=f"comma-separated extra views averaged in: {','.join(TTA_VIEWS)}"

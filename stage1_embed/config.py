@@ -34,7 +34,9 @@ class Stage1Config:
     pooling: str = (
         "avg"  # timm's global_pool: avg | max | avgmax | catavgmax (avg and max side by side)
     )
-    stages: tuple[str, ...] = ("head",)  # head and/or stages from the end: last, last-1, ...
+    # what the embedding holds: head and/or stages from the end (last, last-1, ...); the last two
+    # stages beat the head on both HAM sets (benchmarks/README.md, "Image feature candidates")
+    stages: tuple[str, ...] = ("last", "last-1")
     tta: tuple[str, ...] = ()
     device: str = "auto"
     precision: str = "auto"
@@ -85,6 +87,10 @@ class Stage1Config:
             raise ConfigError(f"--stages {','.join(self.stages)!r}: name each once, as head or a "
                               "stage counted from the end (last, last-1, last-2, ...), e.g. "
                               "--stages last,last-1.")  # fmt: skip
+        if self.pooling != "avg" and "head" not in self.stages:
+            raise ConfigError(f"--pooling {self.pooling} pools the head's feature map, which "
+                              f"--stages {','.join(self.stages)} leaves out: add head "
+                              f"(--stages head,{','.join(self.stages)}) or drop --pooling.")  # fmt: skip
         if self.crop_pct is not None and not 0.1 <= self.crop_pct <= 1.0:
             raise ConfigError(f"--crop-pct {self.crop_pct}: use a fraction in (0.1, 1].")
         if self.decode not in ("auto", "pil", "torchvision"):

@@ -60,8 +60,10 @@ def test_another_pooling_is_its_own_export_and_its_own_embeddings(config: Stage1
     """timm's catavgmax pooling (average and maximum side by side) doubles the width; its ONNX
     export is a file of its own, never the average-pooled one, and agrees with torch."""
     pytest.importorskip("onnxruntime")
-    plain = run_stage1(replace(config, engine="onnx", out_dir=config.out_dir / "avg"))
-    both = run_stage1(replace(config, engine="onnx", pooling="catavgmax"))
+    plain = run_stage1(
+        replace(config, engine="onnx", stages=("head",), out_dir=config.out_dir / "avg")
+    )
+    both = run_stage1(replace(config, engine="onnx", pooling="catavgmax", stages=("head",)))
     assert plain.results[0].status == both.results[0].status == "computed"
     wide = table(config.out_dir)
     assert wide.vectors.shape[1] == 2 * table(config.out_dir / "avg").vectors.shape[1] == 2560
@@ -100,6 +102,8 @@ def test_stages_are_their_own_export_and_agree_with_the_models_own_stages(
         create_backbone(parse_backbone_spec(config.backbones[0]), stages=("last-7",))
     with pytest.raises(ConfigError, match="name each once"):
         replace(config, stages=("-1",))
+    with pytest.raises(ConfigError, match="add head"):
+        replace(config, pooling="max")  # the default stages have no head to pool
 
 
 def test_an_export_that_disagrees_falls_back_to_torch(

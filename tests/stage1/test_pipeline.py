@@ -43,11 +43,14 @@ def test_writes_manifest_and_embeddings_with_provenance(config: Stage1Config) ->
     assert len(manifest) == 15 and set(manifest["read_status"]) == {"ok"}
     assert set(manifest["split"]) == {"train", "test"} and (manifest["width"] == 48).all()
     table = read_embeddings(config.out_dir / "embeddings" / f"{SLUG}.parquet")
-    assert table.vectors.shape == (15, 1280) and table.vectors.dtype == np.float32
+    assert (
+        table.vectors.shape == (15, 320 + 112) and table.vectors.dtype == np.float32
+    )  # last two stages
     p = table.provenance
     assert p["schema_version"] == SCHEMA_VERSION and p["pretrained"] is True
     assert p["inputs_digest"] == meta["inputs_digest"] and len(p["weights"]["sha256"]) == 64
     assert p["preprocessing"]["input_size"] == [3, 224, 224] and p["tta_views"] == []
+    assert p["preprocessing"]["stages"] == ["last", "last-1"]
     assert {"torch", "timm"} <= set(p["libraries"])
     assert summary.results[0].status == "computed"
     assert not list((config.out_dir / "embeddings").glob(".parts/*/part-*.parquet"))
@@ -239,7 +242,7 @@ def test_real_jpegs_pretrained_differs_from_random_init(isic_layout: Path, tmp_p
     assert (
         read_provenance(tmp_path / "rnd" / "embeddings" / f"{SLUG}.parquet")["pretrained"] is False
     )
-    assert np.stack(pre["vector"]).shape == np.stack(rnd["vector"]).shape == (64, 1280)
+    assert np.stack(pre["vector"]).shape == np.stack(rnd["vector"]).shape == (64, 320 + 112)
     corr = np.corrcoef(np.stack(pre["vector"]).ravel(), np.stack(rnd["vector"]).ravel())[0, 1]
     assert abs(corr) < 0.5
     assert pq.read_table(tmp_path / "pre" / "manifest.parquet").num_rows == 64
