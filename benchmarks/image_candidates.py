@@ -44,6 +44,7 @@ CANDIDATES: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "catavgmax pooling": ((), {"pooling": "catavgmax"}),
     "last two stages": ((), {"stages": ("last", "last-1")}),
     "head + last two stages": ((), {"stages": ("head", "last", "last-1")}),
+    "last three stages": ((), {"stages": ("last", "last-1", "last-2")}),
 }
 SETS = ("ham-half", "ham-lesions", "isic")
 

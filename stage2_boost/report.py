@@ -264,10 +264,11 @@ def _markdown(metrics: dict[str, Any], subgroups: pd.DataFrame) -> str:
               subgroups.to_markdown(index=False, floatfmt=".3f"), "",
               "## Provenance", "", f"Feature groups: {', '.join(metrics['feature_groups'])}; {metrics['n_features']} features.", ""]  # fmt: skip
     for slug, p in metrics["backbone_provenance"].items():
-        weights = p.get("weights") or {}
+        weights, pre = p.get("weights") or {}, p.get("preprocessing") or {}
         lines.append(f"- `{slug}`: {p.get('architecture')}, pretrained={p.get('pretrained')}, weights from "
                      f"{weights.get('source')} (sha256 {str(weights.get('sha256'))[:12]}…), input "
-                     f"{(p.get('preprocessing') or {}).get('input_size')}, TTA {p.get('tta_views')}")  # fmt: skip
+                     f"{pre.get('input_size')}, embedding from {'+'.join(pre.get('stages') or ['head'])}, "
+                     f"TTA {p.get('tta_views')}")  # fmt: skip
     lines += ["", "Config:", "", "```json", json.dumps(metrics["config"], indent=2), "```", ""]
     return "\n".join(lines)
 

@@ -104,6 +104,7 @@ def test_smoke_run_then_stage2_rerun_leaves_stage1_untouched(tmp_path: Path) -> 
     )
     for name in ("roc.png", "fold_auc.png", "importance.png", "auc_by_subgroup.png", "report.md"):
         assert (out / "stage2" / "report" / name).stat().st_size > 1000, name
+    assert "embedding from last+last-1" in (out / "stage2" / "report" / "report.md").read_text()
 
 
 @pytest.mark.parametrize(
