@@ -45,13 +45,14 @@ CANDIDATES: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "last two stages": ((), {"stages": ("last", "last-1")}),
     "head + last two stages": ((), {"stages": ("head", "last", "last-1")}),
     "last three stages": ((), {"stages": ("last", "last-1", "last-2")}),
+    "input 288 px": ((), {"input_size": 288}),
 }
 SETS = ("ham-half", "ham-lesions", "isic")
 
 
 def features_of(name: str, work: Path, **settings: Any) -> Path:
     """Stage 1 output (default backbones, with ``settings``) for one set, made once."""
-    words = [v if isinstance(v, str) else "-".join(v) for v in settings.values()]
+    words = ["-".join(v) if isinstance(v, tuple) else str(v) for v in settings.values()]
     out = work / name / "-".join(["features", *words])
     if name == "ham-half":
         config = Stage1Config(data_dir=require_shared(HAM), out_dir=out, progress=False)
