@@ -105,7 +105,8 @@ def create_backbone(
     pooling: str | None = None,
     stages: tuple[str, ...] | None = None,
 ) -> Backbone:
-    """Build ``spec`` with ``num_classes=0`` (pooled pre-logits) in eval mode."""
+    """Build ``spec`` in eval mode: its output is the pooled pre-logits (``num_classes=0``), or
+    with ``stages`` other than ``("head",)`` the pooled stages of stage_features.StageFeatures."""
     import timm
 
     weights = (
