@@ -17,6 +17,8 @@ Usage: ./run_all.sh [options]
   --backbones LIST    comma-separated timm backbone specs (arch[.tag], hf-hub:org/name,
                       local-dir:/path), or 'none' for metadata only;
                       default: tf_efficientnet_lite0,tf_efficientnet_lite1,tf_efficientnet_lite2
+  --stages LIST       what each backbone's embedding holds: stages counted from the end (last,
+                      last-1, ...) and/or head; default last,last-1 (see README)
   --trials N          Optuna trials added to each model's study this run (default 20)
   --features GROUPS   stage-2 feature groups: metadata,patient,embedding,probe,ugly-duckling,
                       neighbours (these six: the default), patient-context,diagnosis,
@@ -58,7 +60,7 @@ Usage: ./run_all.sh [options]
   -h, --help          this help
 
 Paths are taken relative to the folder you run it from. --split and --explain need --model;
---backbones, --trials, --features, --timeout, --ablate, --storage, --extra-data,
+--backbones, --stages, --trials, --features, --timeout, --ablate, --storage, --extra-data,
 --drop-extra-duplicates and --experts are for training and are refused with --model.
 USAGE
 }
@@ -74,6 +76,7 @@ while [ $# -gt 0 ]; do
     --data) need "$@"; DATA="$(from_caller "$2")"; shift 2 ;;
     --out) need "$@"; OUT="$(from_caller "$2")"; shift 2 ;;
     --backbones) need "$@"; BACKBONES="$2"; TRAINING_FLAGS+=("$1"); shift 2 ;;
+    --stages) need "$@"; STAGE1_ARGS+=(--stages "$2"); TRAINING_FLAGS+=("$1"); shift 2 ;;
     --trials) need "$@"; TRIALS="$2"; TRAINING_FLAGS+=("$1"); shift 2 ;;
     --features) need "$@"; FEATURES="$2"; TRAINING_FLAGS+=("$1"); shift 2 ;;
     --timeout) need "$@"; TIMEOUT="$2"; TRAINING_FLAGS+=("$1"); shift 2 ;;

@@ -114,6 +114,7 @@ def test_smoke_run_then_stage2_rerun_leaves_stage1_untouched(tmp_path: Path) -> 
         (["--split", "train", "--stage", "2"], "--split applies to scoring with a saved model"),
         (["--model", "{tmp}", "--data", "{tmp}", "--trials", "5"], "--trials applies to training"),
         (["--model", "{tmp}", "--data", "{tmp}", "--features", "metadata"], "--features applies"),
+        (["--model", "{tmp}", "--data", "{tmp}", "--stages", "head"], "--stages applies"),
     ],
 )
 def test_run_all_refuses_flags_of_the_other_mode(
