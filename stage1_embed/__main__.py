@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from dataclasses import replace
+from dataclasses import fields
 from pathlib import Path
 
 from .backbones import DEFAULT_BACKBONES, HUB_PRESET, SPEC_FORMS
@@ -27,22 +27,31 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"Backbone forms: {SPEC_FORMS}. Stronger hub preset (needs internet): "
         + ",".join(HUB_PRESET),
     )
+    # each flag's dest is the Stage1Config field it sets (config_from_args)
     p.add_argument(
         "--data",
+        dest="data_dir",
+        metavar="DATA",
         type=Path,
         help="dataset folder (Kaggle layout); without it, only --train-csv/--test-csv/--images",
     )
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT_DIR, help="features folder to write")
+    p.add_argument("--out", dest="out_dir", metavar="OUT", type=Path, default=DEFAULT_OUT_DIR,
+                   help="features folder to write")  # fmt: skip
     p.add_argument("--train-csv", type=Path, help="train CSV (default: DATA/train.csv)")
     p.add_argument(
         "--test-csv",
         type=Path,
         help="test CSV (default: DATA/test.csv if present; none without --data)",
     )
-    p.add_argument("--images", type=Path, help="image folder, if not inside --data")
     p.add_argument(
-        "--format", default="auto", choices=["auto", *SOURCES], help="force the image format"
+        "--images",
+        dest="images_dir",
+        metavar="IMAGES",
+        type=Path,
+        help="image folder, if not inside --data",
     )
+    p.add_argument("--format", dest="image_format", default="auto", choices=["auto", *SOURCES],
+                   help="force the image format")  # fmt: skip
     p.add_argument(
         "--backbones",
         default=",".join(DEFAULT_BACKBONES),
@@ -119,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument(
         "--workers",
+        dest="num_workers",
+        metavar="WORKERS",
         type=int,
         help="decode worker processes (default: none with ONNX Runtime, which decodes in a "
         "thread per core; on CUDA enough to feed the GPU)",
@@ -155,71 +166,36 @@ def build_parser() -> argparse.ArgumentParser:
         "weights checked by sha256; no train.csv needed, a bare folder of images works; missing "
         "or unreadable images are recorded per image",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> Stage1Config:
-    backbones = (
-        ()
-        if args.backbones.strip().lower() in ("", "none")
-        else tuple(b.strip() for b in args.backbones.split(",") if b.strip())
-    )
-    tta = tuple(v.strip() for v in args.tta.split(",") if v.strip())
-    scoring = {}
+    values = {f.name: getattr(args, f.name) for f in fields(Stage1Config) if hasattr(args, f.name)}
+    named = "" if args.backbones.strip().lower() == "none" else args.backbones
+    values |= {"backbones": _split(named), "stages": _split(args.stages), "tta": _split(args.tta),
+               "extra_data": tuple(args.extra_data)}  # fmt: skip
     if args.model is not None:  # the model decides what to compute, not the CLI defaults
         from .scoring import model_backbones
 
         model = model_backbones(args.model)
-        backbones = tuple(b.spec for b in model)
         if args.channel_order == "auto" and not all(b.natural_colours for b in model):
             logger.warning("the model predates colour-order checks: it saw its training images "
                            "as stored, so these are used as stored too (--channel-order rgb)")  # fmt: skip
-            args.channel_order = "rgb"
-        tta = model[0].tta if model else ()
-        scoring = {"model_dir": args.model, "skip_missing": True, "max_failures": 10**9,
+            values["channel_order"] = "rgb"
+        values |= {"backbones": tuple(b.spec for b in model), "tta": model[0].tta if model else (),
+                   "model_dir": args.model, "skip_missing": True, "max_failures": 10**9,
                    "precision": model[0].precision if model and model[0].precision != "fp32" else "auto"}  # fmt: skip
-    if set(tta) - set(TTA_VIEWS):
+    if set(values["tta"]) - set(TTA_VIEWS):
         raise ConfigError(f"--tta {args.tta!r}: views must be among {','.join(TTA_VIEWS)}.")
-    config = Stage1Config(
-        data_dir=args.data,
-        out_dir=args.out,
-        train_csv=args.train_csv,
-        test_csv=args.test_csv,
-        images_dir=args.images,
-        image_format=args.format,
-        backbones=backbones,
-        weights_dir=args.weights_dir,
-        allow_random_init=args.allow_random_init,
-        random_init=args.random_init,
-        input_size=args.input_size,
-        crop_pct=args.crop_pct,
-        crop_mode=args.crop_mode,
-        colour_constancy=args.colour_constancy,
-        pooling=args.pooling,
-        stages=tuple(s.strip() for s in args.stages.split(",") if s.strip()),
-        tta=tta,
-        device=args.device,
-        precision=args.precision,
-        engine=args.engine,
-        decode=args.decode,
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        chunk_size=args.chunk_size,
-        skip_missing=args.skip_missing,
-        max_failures=args.max_failures,
-        max_pixels=args.max_pixels,
-        num_shards=args.num_shards,
-        shard_index=args.shard_index,
-        progress=not args.no_progress,
-        extra_data=tuple(args.extra_data),
-        drop_extra_duplicates=args.drop_extra_duplicates,
-        channel_order=args.channel_order,
-    )
-    config = replace(config, **scoring) if scoring else config
+    config = Stage1Config(**values)
     _ = config.root  # no data named at all: an error before anything is read or written
     return config
+
+
+def _split(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
 
 
 def main(argv: list[str] | None = None) -> int:

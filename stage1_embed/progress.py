@@ -43,18 +43,8 @@ class LogProgress:
                     rate, eta)  # fmt: skip
 
 
-class _Silent:
-    def update(self, n: int = 1) -> None:
-        del n
-
-    def close(self) -> None:
-        pass
-
-
 def progress_bar(total: int, desc: str, enabled: bool = True) -> Any:
     """A tqdm bar on a terminal, log lines elsewhere, nothing when disabled."""
-    if not enabled:
-        return _Silent()
-    if sys.stderr.isatty():
-        return tqdm(total=total, desc=desc, unit="img")
+    if not enabled or sys.stderr.isatty():
+        return tqdm(total=total, desc=desc, unit="img", disable=not enabled)
     return LogProgress(total, desc)

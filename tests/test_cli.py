@@ -186,3 +186,20 @@ def test_every_feature_group_is_in_the_help_and_the_readme() -> None:
     readme = (REPO / "README.md").read_text()
     for group in GROUPS:
         assert group in helptext and f"`{group}`" in readme, group
+
+
+def test_stage1_flags_set_the_config_fields_their_dests_name() -> None:
+    """The parser's defaults are Stage1Config's, and each renamed flag reaches its field."""
+    from stage1_embed.__main__ import build_parser, config_from_args
+    from stage1_embed.config import Stage1Config
+
+    parse = build_parser().parse_args
+    assert config_from_args(parse(["--data", "d"])) == Stage1Config(data_dir=Path("d"))
+    config = config_from_args(parse(["--train-csv", "t.csv", "--images", "i", "--out", "o",
+                                     "--format", "jpeg", "--workers", "3", "--no-progress",
+                                     "--backbones", "none", "--stages", "head", "--tta", "hflip",
+                                     "--extra-data", "x"]))  # fmt: skip
+    assert (config.train_csv, config.images_dir, config.out_dir, config.image_format) == (
+        Path("t.csv"), Path("i"), Path("o"), "jpeg")  # fmt: skip
+    assert (config.num_workers, config.progress, config.backbones) == (3, False, ())
+    assert (config.stages, config.tta, config.extra_data) == (("head",), ("hflip",), (Path("x"),))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 from ..common import run_cli, setup_logging
@@ -45,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--balance", choices=["weight", "none"], help="positive-class loss weight")
     r.add_argument("--scale-min", type=float, help="smallest RandomResizedCrop scale")
     r.add_argument("--color", type=float, help="ColorJitter strength (0: off)")
-    r.add_argument("--no-rotate", action="store_true", help="no flips or quarter turns")
+    r.add_argument("--no-rotate", dest="rotate", action="store_const", const=False,
+                   help="no flips or quarter turns")  # fmt: skip
     r.add_argument("--tta", help="views averaged at prediction (default hflip,vflip; 'none')")
     r.add_argument("--precision", choices=["fp32", "bf16"], help="bf16 autocast on CUDA")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers for augmentation")
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     def _main() -> int:
         import torch
 
-        from .recipe import default_recipe
+        from .recipe import Recipe, default_recipe
         from .stage import ExpertConfig, run_experts
 
         device = (
@@ -75,12 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         tta = (
             None if args.tta is None else tuple(v for v in args.tta.split(",") if v and v != "none")
         )
-        recipe = default_recipe(
-            device, image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-            weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, balance=args.balance,
-            scale_min=args.scale_min, color=args.color, rotate=False if args.no_rotate else None, tta=tta,
-            precision=args.precision, seed=args.seed,
-        )  # fmt: skip
+        # the recipe flags' dests are Recipe's fields; a flag not given (None) keeps the default
+        recipe = default_recipe(device, **{f.name: getattr(args, f.name, None) for f in fields(Recipe)}
+                                | {"tta": tta})  # fmt: skip
         config = ExpertConfig(
             data_dir=args.data, out_dir=args.out, specs=tuple(s.strip() for s in args.experts.split(",") if s.strip()),
             recipe=recipe, device=device, n_folds=args.folds, seed=args.seed,

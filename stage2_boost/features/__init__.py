@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -28,32 +28,26 @@ def create_feature_groups(
 ) -> list[FeatureGroup]:  # fmt: skip
     """Fresh (unfitted) groups; image groups get one instance per backbone, ``expert`` one per
     fine-tuned expert."""
+    once: dict[str, Callable[[], FeatureGroup]] = {
+        "metadata": MetadataFeatures, "patient": PatientFeatures, "source": SourceFeatures,
+        "acquisition": AcquisitionFeatures, "patient-scores": PatientScoreFeatures,
+    }  # fmt: skip
+    per_backbone = {
+        "embedding": lambda s: EmbeddingFeatures(s, reduction, n_components, seed),
+        "probe": lambda s: LinearProbeFeatures(s, seed),
+        "ugly-duckling": UglyDucklingFeatures,
+        "patient-context": lambda s: PatientContextFeatures(s, "pca", n_components, seed),
+        "neighbours": lambda s: NeighbourFeatures(s, seed),
+        "diagnosis": lambda s: DiagnosisFeatures(s, seed),
+    }
     groups: list[FeatureGroup] = []
     for name in names:
-        if name == "metadata":
-            groups.append(MetadataFeatures())
-        elif name == "patient":
-            groups.append(PatientFeatures())
-        elif name == "acquisition":
-            groups.append(AcquisitionFeatures())
-        elif name == "source":
-            groups.append(SourceFeatures())
+        if name in once:
+            groups.append(once[name]())
         elif name == "expert":
             groups += [ExpertFeatures(s, expert_transform) for s in experts]
-        elif name == "embedding":
-            groups += [EmbeddingFeatures(s, reduction, n_components, seed) for s in backbones]
-        elif name == "probe":
-            groups += [LinearProbeFeatures(s, seed) for s in backbones]
-        elif name == "ugly-duckling":
-            groups += [UglyDucklingFeatures(s) for s in backbones]
-        elif name == "patient-context":
-            groups += [PatientContextFeatures(s, "pca", n_components, seed) for s in backbones]
-        elif name == "neighbours":
-            groups += [NeighbourFeatures(s, seed) for s in backbones]
-        elif name == "diagnosis":
-            groups += [DiagnosisFeatures(s, seed) for s in backbones]
-        elif name == "patient-scores":
-            groups.append(PatientScoreFeatures())
+        else:
+            groups += [per_backbone[name](s) for s in backbones]
     return groups
 
 
@@ -78,21 +72,16 @@ def transform_all(
     return pd.concat([built, *derived], axis=1)
 
 
+_PREFIX_GROUPS = {"meta": "metadata", "patient": "patient", "acq": "acquisition", "source": "source",
+                  "expert": "expert", "patient_scores": "patient-scores"}  # fmt: skip
+# per-backbone columns (<slug>__<name>) by how the name starts; the rest are embedding columns
+_NAME_GROUPS = (("probe", "probe"), ("knn_", "neighbours"), ("dx_", "diagnosis"),
+                ("pc_", "patient-context"), ("ud_", "ugly-duckling"))  # fmt: skip
+
+
 def feature_group_of(column: str) -> str:
     """The --features group a column belongs to, from its namespace."""
     prefix, _, rest = column.partition("__")
-    if prefix == "meta":
-        return "metadata"
-    if prefix in ("patient", "acq", "source", "expert"):
-        return {"patient": "patient", "acq": "acquisition", "source": "source", "expert": "expert"}[
-            prefix
-        ]
-    if rest == "probe":
-        return "probe"
-    if prefix == "patient_scores":
-        return "patient-scores"
-    if rest.startswith(("knn_", "dx_")):
-        return "neighbours" if rest.startswith("knn_") else "diagnosis"
-    if rest.startswith("pc_"):
-        return "patient-context"
-    return "ugly-duckling" if rest.startswith("ud_") else "embedding"
+    if prefix in _PREFIX_GROUPS:
+        return _PREFIX_GROUPS[prefix]
+    return next((group for start, group in _NAME_GROUPS if rest.startswith(start)), "embedding")

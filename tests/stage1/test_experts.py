@@ -19,6 +19,7 @@ from stage1_embed.experts.recipe import Recipe
 from stage1_embed.experts.stage import ExpertConfig, _fold_rows, expert_path, run_experts
 from stage1_embed.folds import load_or_make_eval_folds
 from stage1_embed.pipeline import run_stage1
+from stage1_embed.schema import read_provenance
 from stage2_boost.config import Stage2Config
 from stage2_boost.errors import ContractError
 from stage2_boost.train import run_training
@@ -127,6 +128,9 @@ def test_a_killed_expert_run_resumes_to_the_same_probabilities(
         [*args, "--out", str(killed), "-v"], check=True, cwd=REPO, capture_output=True, text=True
     )
     assert "resuming after epoch" in resumed.stderr or "fold 0 done" not in resumed.stderr
+    recipe = read_provenance(expert_path(reference, SLUG))["recipe"]  # the flags reached it
+    assert (recipe["image_size"], recipe["epochs"], recipe["batch_size"], recipe["tta"]) == (
+        32, 3, 16, ["hflip"])  # fmt: skip
     a = pd.read_parquet(expert_path(reference, SLUG))
     b = pd.read_parquet(expert_path(killed, SLUG))
     assert a[["image_name", "split", "fold"]].equals(b[["image_name", "split", "fold"]])
