@@ -102,9 +102,12 @@ def test_shift_reads_chance_on_a_random_split_and_finds_a_real_one() -> None:
     is_b = manifest["patient_id"].map(patient_half).to_numpy(int)
     vectors = rng.normal(size=(len(manifest), 32)).astype(np.float32)
     random_split = shift(manifest, is_b, vectors, n_boot=100)
+    # out of fold on pure noise, the AUC of one draw can sit below 0.5 with its interval ending just
+    # under it (here 'images': [0.396, 0.49993]); what must hold is that nothing reads as a shift
     for side in ("metadata", "images", "metadata + images"):
-        low, high = random_split[side]["ci95"]
-        assert low < 0.5 < high and not random_split[side]["warning"], (side, low, high)
+        low, _ = random_split[side]["ci95"]
+        assert low < 0.5 and not random_split[side]["warning"], (side, random_split[side])
+    assert "no shift shown" in random_split["reason"]
     vectors[is_b == 1, :4] += 1.5  # set B's images look different
     real = shift(manifest, is_b, vectors, n_boot=100)
     assert real["images"]["warning"] and not real["metadata"]["warning"]
