@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -310,3 +311,21 @@ def test_a_saved_label_group_scores_new_rows_as_the_fitted_one(data, name, tmp_p
     read_group_state(fresh, values, tmp_path / "state.safetensors")
     expected = transform_all(fitted, data, test)
     pd.testing.assert_frame_equal(transform_all(fresh, data, test), expected, rtol=1e-6)
+
+
+def test_experts_and_the_expert_group_are_named_together(tmp_path: Path) -> None:
+    """Experts named with groups that leave out 'expert' would be loaded and silently unused."""
+    from stage2_boost.config import Stage2Config
+    from stage2_boost.data import StageData
+    from stage2_boost.train import resolve_groups
+
+    frame = synthetic_manifest(n_patients=3, per_patient=2, n_test_patients=0)
+    with_expert = StageData(frame=frame, experts={"ex": np.full(len(frame), 0.5)})
+    config = Stage2Config(features_dir=tmp_path, out_dir=tmp_path, feature_groups=("metadata",))
+    with pytest.raises(ConfigError, match="leaves out 'expert'"):
+        resolve_groups(config, with_expert)
+    with pytest.raises(ConfigError, match="needs --experts"):
+        resolve_groups(
+            replace(config, feature_groups=("metadata", "expert")), StageData(frame=frame)
+        )
+    assert resolve_groups(replace(config, feature_groups=None), with_expert)[-1] == "expert"
