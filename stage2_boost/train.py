@@ -114,8 +114,8 @@ def resolve_groups(config: Stage2Config, data: StageData) -> tuple[str, ...]:
     if "expert" in config.feature_groups and not data.experts:
         raise ConfigError("Feature group 'expert' needs --experts (the expert stage's outputs).")
     if data.experts and "expert" not in config.feature_groups:
-        raise ConfigError("--experts names experts to stack, but --groups leaves out 'expert': add "
-                          "it to --groups, or drop --experts.")  # fmt: skip
+        raise ConfigError("--experts names experts to stack, but the feature groups leave out "
+                          "'expert': add it to them, or drop --experts.")  # fmt: skip
     if set(config.feature_groups) & IMAGE_GROUPS and not data.embeddings:
         raise ConfigError(
             f"Feature groups {'/'.join(sorted(IMAGE_GROUPS))} need embeddings, but none were found in "

@@ -322,7 +322,7 @@ def test_experts_and_the_expert_group_are_named_together(tmp_path: Path) -> None
     frame = synthetic_manifest(n_patients=3, per_patient=2, n_test_patients=0)
     with_expert = StageData(frame=frame, experts={"ex": np.full(len(frame), 0.5)})
     config = Stage2Config(features_dir=tmp_path, out_dir=tmp_path, feature_groups=("metadata",))
-    with pytest.raises(ConfigError, match="leaves out 'expert'"):
+    with pytest.raises(ConfigError, match="leave out 'expert'"):
         resolve_groups(config, with_expert)
     with pytest.raises(ConfigError, match="needs --experts"):
         resolve_groups(
