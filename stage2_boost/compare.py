@@ -83,9 +83,11 @@ _NOT_SETTINGS = {"out_dir", "report", "no_cache", "threads", "heartbeat_grace", 
 
 
 def run_settings(metrics: dict[str, Any]) -> dict[str, Any]:
-    """What shaped a run's predictions, flat: data, features, backbones and every parameter."""
+    """What shaped a run's predictions, flat: data, code and libraries, features, backbones and
+    every parameter."""
     config = {k: v for k, v in (metrics.get("config") or {}).items() if k not in _NOT_SETTINGS}
     found = {"dataset": metrics.get("dataset"), "data": metrics.get("data_digest"),
+             "code and libraries": metrics.get("code"),
              "feature groups": ",".join(metrics.get("feature_groups") or []),
              "backbones": ",".join(metrics.get("backbones") or []) or "none",
              "features": metrics.get("n_features"), **config}  # fmt: skip

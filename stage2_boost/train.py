@@ -27,7 +27,15 @@ from stage1_embed.folds import (
 )
 
 from .boosters import BoosterAdapter, create_booster, resolve_device
-from .cache import CACHE_DIR, ContentCache, cached_folds, cached_refit, content_key, data_digest
+from .cache import (
+    CACHE_DIR,
+    ContentCache,
+    cached_folds,
+    cached_refit,
+    content_key,
+    data_digest,
+    environment_digest,
+)
 from .chance import chance_text
 from .compare import ablation_table, short_delta, versus_earlier
 from .config import DEFAULT_GROUPS, IMAGE_GROUPS, Stage2Config
@@ -532,6 +540,7 @@ def _metrics(
         "backbone_provenance": _backbone_provenance(data),
         "n_features": feature_set["n_features"],
         "data_digest": feature_set["data_digest"],
+        "code": environment_digest()[:12],  # both stages' source and the libraries' versions
         "dataset": data.dataset,
         "colours": colour_notes(data.provenance) if data.embeddings else [],
         "folds": {

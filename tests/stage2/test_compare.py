@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from stage2_boost.cli import main
+from stage2_boost.compare import config_differences
 from stage2_boost.config import Stage2Config
 from stage2_boost.errors import OutputError
 from stage2_boost.evidence import read_evidence, run_folder, write_evidence
@@ -180,3 +181,22 @@ def test_ablating_a_finished_run_adds_its_rows_to_that_run(
     direct = run_training(replace(config, out_dir=tmp_path / "direct", ablate=True)).metrics
     expected = {r["group"]: r["delta_auc"] for r in direct["ablation"]["groups"]}
     assert {r["group"]: r["delta_auc"] for r in kept["groups"]} == pytest.approx(expected, abs=1e-6)
+
+
+def test_what_differs_names_a_change_of_code_or_libraries(
+    features: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two runs of the same settings on different code: the verdict must not read as the same
+    data and parameters."""
+    import stage2_boost.train as train
+
+    config = Stage2Config(features_dir=features, out_dir=tmp_path / "s2", n_components=4,
+                          feature_groups=("metadata",), **FAST)  # fmt: skip
+    first = run_training(config)
+    monkeypatch.setattr(train, "environment_digest", lambda: "f" * 64)
+    second = run_training(config)
+    changes = {
+        d["setting"]: (d["a"], d["b"]) for d in config_differences(first.metrics, second.metrics)
+    }
+    assert changes["code and libraries"] == (first.metrics["code"], "f" * 12)
+    assert first.metrics["code"] != "f" * 12
