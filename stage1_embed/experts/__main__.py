@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="no flips or quarter turns")  # fmt: skip
     r.add_argument("--tta", help="views averaged at prediction (default hflip,vflip; 'none')")
     r.add_argument("--precision", choices=["fp32", "bf16"], help="bf16 autocast on CUDA")
+    r.add_argument("--ema", type=float,
+                   help="score an exponential moving average of the weights with this decay per "
+                        "step (timm's ModelEmaV3; e.g. 0.99; default 0: the weights themselves)")  # fmt: skip
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers for augmentation")
     p.add_argument(
         "--max-memory-gb", type=float, default=8.0, help="hold decoded images in memory up to this"

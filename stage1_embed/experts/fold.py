@@ -1,5 +1,6 @@
 """Fine-tune one fold: AdamW with warm-up and cosine decay, balanced loss, epoch chosen on an
-inner patient split, a checkpoint after every epoch (a killed run resumes there), TTA at prediction.
+inner patient split, a checkpoint after every epoch (a killed run resumes there), TTA at prediction,
+optionally an exponential moving average of the weights in their place.
 
 Deterministic on the CPU for a given seed: each epoch reseeds torch from (seed, fold, epoch), so a
 resumed run draws the same batches and augmentations as an uninterrupted one.
@@ -19,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from sklearn.metrics import roc_auc_score
 from timm.scheduler import CosineLRScheduler
+from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader
 
 from ..common import atomic_path, crash_point
@@ -67,7 +69,8 @@ def train_fold(
     """Train with checkpoints in ``folder``; return the model at its best inner-AUC epoch."""
     folder.mkdir(parents=True, exist_ok=True)
     model = model.to(device).to(memory_format=torch.channels_last)
-    steps_per_epoch = max(1, math.ceil(len(fit) / recipe.batch_size))
+    drop_last = len(fit) > recipe.batch_size  # no last batch of a few images
+    steps_per_epoch = len(fit) // recipe.batch_size if drop_last else 1  # the loader's length
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay
     )
@@ -75,38 +78,40 @@ def train_fold(
     n_pos = max(1.0, float(fit_y.sum()))
     pos_weight = math.sqrt((len(fit_y) - n_pos) / n_pos) if recipe.balance == "weight" else 1.0
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight, device=device))
+    # timm's ModelEmaV3: the average is what is scored and kept (its first update copies)
+    ema = ModelEmaV3(model, decay=recipe.ema) if recipe.ema else None
     outcome, best_state, start, schedule_step = FoldOutcome(best_epoch=0), None, 0, 0
     checkpoint = folder / "checkpoint.pt"
     if checkpoint.is_file():  # resume after the last finished epoch
-        start, outcome, best_state = _resume(checkpoint, model, optimizer, schedule, device)
+        start, outcome, best_state = _resume(checkpoint, model, optimizer, schedule, ema, device)
         schedule_step = start * steps_per_epoch
         logger.info("fold %d: resuming after epoch %d", fold, start)
     autocast = torch.autocast(
         device.type, torch.bfloat16, enabled=recipe.precision == "bf16" and device.type == "cuda"
     )
+    scored = ema.module if ema is not None else model
     for epoch in range(start, recipe.epochs):
         torch.manual_seed(recipe.seed * 100_003 + fold * 1_009 + epoch)
         loader = DataLoader(TrainingSet(store, fit, fit_y, recipe), batch_size=recipe.batch_size,
-                            shuffle=True, num_workers=workers, drop_last=len(fit) > recipe.batch_size)  # fmt: skip
+                            shuffle=True, num_workers=workers, drop_last=drop_last)  # fmt: skip
         loss, schedule_step = _one_epoch(
-            model, loader, loss_fn, optimizer, schedule, schedule_step, autocast, device
+            model, loader, loss_fn, optimizer, schedule, schedule_step, autocast, device, ema
         )
         outcome.losses.append(loss)
-        inner = predict(model, store, stop, device, (), recipe)
+        inner = predict(scored, store, stop, device, (), recipe)
         outcome.inner_aucs.append(
             float(roc_auc_score(stop_y, inner)) if len(set(stop_y)) > 1 else float("nan")
         )
         if best_state is None or outcome.inner_aucs[-1] >= outcome.inner_aucs[outcome.best_epoch]:
             outcome.best_epoch = epoch
-            best_state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+            best_state = {
+                k: v.detach().clone().contiguous() for k, v in scored.state_dict().items()
+            }
             with atomic_path(folder / "best.safetensors") as tmp:
                 save_file(best_state, str(tmp))
         logger.info("fold %d epoch %d/%d: loss %.4f, inner AUC %.4f (best epoch %d)", fold, epoch + 1,
                     recipe.epochs, outcome.losses[-1], outcome.inner_aucs[-1], outcome.best_epoch + 1)  # fmt: skip
-        with atomic_path(checkpoint) as tmp:
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "schedule": schedule.state_dict(), "epoch": epoch, "best_epoch": outcome.best_epoch,
-                        "inner_aucs": outcome.inner_aucs, "losses": outcome.losses}, tmp)  # fmt: skip
+        _save_checkpoint(checkpoint, model, optimizer, schedule, ema, epoch, outcome)
         crash_point(f"checkpoint-fold{fold}")
     assert best_state is not None
     best = copy.deepcopy(model)
@@ -114,14 +119,28 @@ def train_fold(
     return best.eval(), outcome
 
 
+def _save_checkpoint(
+    checkpoint: Path, model: Classifier, optimizer: torch.optim.Optimizer,
+    schedule: CosineLRScheduler, ema: ModelEmaV3 | None, epoch: int, outcome: FoldOutcome,
+) -> None:  # fmt: skip
+    """Everything a killed run needs to go on after ``epoch`` as if it had never stopped."""
+    with atomic_path(checkpoint) as tmp:
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "schedule": schedule.state_dict(), "epoch": epoch, "best_epoch": outcome.best_epoch,
+                    "inner_aucs": outcome.inner_aucs, "losses": outcome.losses,
+                    "ema": ema.state_dict() if ema is not None else None}, tmp)  # fmt: skip
+
+
 def _resume(
     checkpoint: Path, model: Classifier, optimizer: torch.optim.Optimizer,
-    schedule: CosineLRScheduler, device: torch.device,
+    schedule: CosineLRScheduler, ema: ModelEmaV3 | None, device: torch.device,
 ) -> tuple[int, FoldOutcome, dict[str, torch.Tensor]]:  # fmt: skip
     """Load the last finished epoch's state; the first epoch to run, the outcome so far, the best
     weights."""
     saved = torch.load(checkpoint, map_location=device, weights_only=True)
     model.load_state_dict(saved["model"])
+    if ema is not None:
+        ema.load_state_dict(saved["ema"])
     optimizer.load_state_dict(saved["optimizer"])
     schedule.load_state_dict(saved["schedule"])
     outcome = FoldOutcome(
@@ -134,7 +153,7 @@ def _resume(
 def _one_epoch(
     model: Classifier, loader: DataLoader, loss_fn: torch.nn.Module,
     optimizer: torch.optim.Optimizer, schedule: CosineLRScheduler, step: int, autocast: torch.autocast,
-    device: torch.device,
+    device: torch.device, ema: ModelEmaV3 | None = None,
 ) -> tuple[float, int]:  # fmt: skip
     """One pass over ``loader``; the mean loss and the schedule's step after it."""
     model.train()
@@ -148,6 +167,8 @@ def _one_epoch(
         loss.backward()
         optimizer.step()
         schedule.step_update(step := step + 1)
+        if ema is not None:
+            ema.update(model, step)
         total, seen = total + float(loss.detach()) * len(labels), seen + len(labels)
     return total / max(1, seen), step
 

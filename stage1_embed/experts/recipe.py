@@ -27,6 +27,7 @@ class Recipe:
     rotate: bool = True  # random 90-degree turns and flips (lesions have no up)
     color: float = 0.2  # ColorJitter strength (brightness, contrast, saturation); hue / 10
     tta: tuple[str, ...] = ("hflip", "vflip")  # views averaged at prediction
+    ema: float = 0.0  # decay per step of an average of the weights that is scored (0: off)
     inner_fraction: float = 0.2  # patients of the training part that choose the epoch
     precision: str = "fp32"  # bf16 autocast on CUDA
     seed: int = 42
@@ -38,6 +39,8 @@ class Recipe:
             raise ConfigError("--epochs >= 1, --batch-size >= 2 and --image-size >= 32, please.")
         if not 0 < self.scale_min <= 1 or not 0 < self.inner_fraction < 0.5:
             raise ConfigError("--scale-min must be in (0, 1] and the inner fraction in (0, 0.5).")
+        if not 0 <= self.ema < 1:
+            raise ConfigError(f"--ema {self.ema}: a decay in [0, 1), e.g. 0.99 (0: no average).")
 
     def to_json(self) -> dict[str, Any]:
         values = asdict(self)

@@ -15,6 +15,7 @@ import pytest
 
 from stage1_embed.common import CRASH_VARIABLE
 from stage1_embed.config import Stage1Config
+from stage1_embed.errors import ConfigError
 from stage1_embed.experts.recipe import Recipe
 from stage1_embed.experts.stage import ExpertConfig, _fold_rows, expert_path, run_experts
 from stage1_embed.folds import load_or_make_eval_folds
@@ -75,7 +76,9 @@ def test_no_oof_probability_comes_from_a_model_that_saw_its_patient() -> None:
             )
 
 
-def test_experts_use_stage_2s_folds_cache_and_stack(demo: tuple[Path, Path]) -> None:
+def test_experts_use_stage_2s_folds_cache_and_stack(
+    demo: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     data, out = demo
     (result,) = run_experts(config(data, out))
     assert result.status == "computed" and result.oof_auc is not None
@@ -102,6 +105,10 @@ def test_experts_use_stage_2s_folds_cache_and_stack(demo: tuple[Path, Path]) -> 
     ] == pytest.approx(result.oof_auc)
     with pytest.raises(ContractError, match="fine-tuned in other folds"):
         run_training(replace(stage2, n_folds=4))
+    import stage1_embed.experts.stage as stage  # an edit to the code retrains, as stage 1 re-embeds
+
+    monkeypatch.setattr(stage, "code_digest", lambda *packages: "an edited fine-tune")
+    assert run_experts(config(data, out))[0].status == "computed"
 
 
 def test_a_killed_expert_run_resumes_to_the_same_probabilities(
@@ -115,7 +122,7 @@ def test_a_killed_expert_run_resumes_to_the_same_probabilities(
         subprocess.run(["rm", "-rf", str(folder / "experts")], check=True)
     args = [sys.executable, "-m", "stage1_embed.experts", "--data", str(data), "--experts", f"local-dir:{lite0_dir()}",
             "--folds", "3", "--image-size", "32", "--epochs", "3", "--batch-size", "16", "--tta", "hflip",
-            "--format", "jpeg", "--device", "cpu", "--no-progress"]  # fmt: skip
+            "--format", "jpeg", "--device", "cpu", "--ema", "0.9", "--no-progress"]  # fmt: skip
     subprocess.run([*args, "--out", str(reference)], check=True, cwd=REPO, capture_output=True)
     crashed = subprocess.run(  # SIGKILLs itself mid-fold: fold 1 has a checkpoint, not its result
         [*args, "--out", str(killed)], cwd=REPO, stderr=subprocess.DEVNULL,
@@ -129,8 +136,8 @@ def test_a_killed_expert_run_resumes_to_the_same_probabilities(
     )
     assert "resuming after epoch" in resumed.stderr or "fold 0 done" not in resumed.stderr
     recipe = read_provenance(expert_path(reference, SLUG))["recipe"]  # the flags reached it
-    assert (recipe["image_size"], recipe["epochs"], recipe["batch_size"], recipe["tta"]) == (
-        32, 3, 16, ["hflip"])  # fmt: skip
+    assert (recipe["image_size"], recipe["epochs"], recipe["batch_size"], recipe["tta"], recipe["ema"]) == (
+        32, 3, 16, ["hflip"], 0.9)  # fmt: skip
     a = pd.read_parquet(expert_path(reference, SLUG))
     b = pd.read_parquet(expert_path(killed, SLUG))
     assert a[["image_name", "split", "fold"]].equals(b[["image_name", "split", "fold"]])
@@ -152,3 +159,28 @@ def test_the_schedule_warms_up_to_the_learning_rate_then_decays_to_one_percent()
     assert lrs[0] == pytest.approx(recipe.lr / 5) and max(lrs) == pytest.approx(recipe.lr)
     assert lrs.index(max(lrs)) == 5 and lrs == sorted(lrs[:6]) + lrs[6:]
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.01 * recipe.lr)
+
+
+def test_the_weights_average_follows_the_training_from_behind() -> None:
+    """With --ema the scored weights are timm's average, neither the start nor the last step."""
+    import torch
+    from timm.utils import ModelEmaV3
+
+    from stage1_embed.experts.fold import Classifier, _one_epoch, _warmup_cosine
+
+    torch.manual_seed(0)
+    backbone = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 8))
+    model = Classifier(backbone, 8, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    start = model.head.weight.detach().clone()
+    ema = ModelEmaV3(model, decay=0.5)
+    recipe = Recipe(epochs=1, lr=0.1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr)
+    batches = [(torch.randint(0, 256, (8, 3, 4, 4), dtype=torch.uint8), torch.randint(0, 2, (8,)))
+               for _ in range(6)]  # fmt: skip
+    _one_epoch(model, batches, torch.nn.BCEWithLogitsLoss(), optimizer,  # type: ignore[arg-type]
+               _warmup_cosine(optimizer, recipe, 6), 0, torch.autocast("cpu", enabled=False),
+               torch.device("cpu"), ema)  # fmt: skip
+    averaged = ema.module.head.weight
+    assert not torch.allclose(averaged, start) and not torch.allclose(averaged, model.head.weight)
+    with pytest.raises(ConfigError, match="--ema"):
+        Recipe(ema=1.0)
