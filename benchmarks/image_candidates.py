@@ -47,12 +47,15 @@ CANDIDATES: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "head + last two stages": ((), {"stages": ("head", "last", "last-1")}),
     "last three stages": ((), {"stages": ("last", "last-1", "last-2")}),
     "input 288 px": ((), {"input_size": 288}),
+    "hflip + vflip TTA": ((), {"tta": ("hflip", "vflip")}),
 }
 # candidate -> the expert recipe's changes to the CPU defaults: Lite0 fine-tuned in the evaluation
 # folds (the expert stage), stacked as the `expert` group
 EXPERTS: dict[str, dict[str, Any]] = {
     "expert": {},
     "expert 160 px": {"image_size": 160},
+    "expert EMA": {"ema": 0.99},
+    "expert EMA 6 epochs": {"ema": 0.99, "epochs": 6},
 }
 EXPERT_SPEC = f"local-dir:{WEIGHTS / 'tf_efficientnet_lite0'}"
 SETS = ("ham-half", "ham-lesions", "isic")
