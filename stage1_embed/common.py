@@ -160,6 +160,11 @@ CORE_LIBRARIES = ("torch", "torchvision", "timm", "onnxruntime", "onnx", "numpy"
                   "scikit-learn", "lightgbm", "xgboost", "optuna")  # fmt: skip
 
 
+# the libraries that decode, preprocess and embed an image (stage 1's and the experts' keys)
+IMAGE_LIBRARIES = ("torch", "torchvision", "timm", "onnxruntime", "onnx", "numpy", "pillow",
+                   "pydicom", "pylibjpeg", "pylibjpeg-libjpeg", "pyarrow")  # fmt: skip
+
+
 def code_digest(*packages: str) -> str:
     """sha256 over the source of ``packages`` (the project's own, by folder): one policy for
     both stages' caches. A superset of what a computation imports (0.19 s for the import

@@ -20,7 +20,7 @@ import torch
 
 from .backbones import Backbone
 from .batch_decode import BatchDecoder, RawDataset, collate_raw
-from .common import code_digest, json_digest, library_versions
+from .common import IMAGE_LIBRARIES, code_digest, json_digest, library_versions
 from .cpu_pipeline import cpu_threads, embed_batch, embedded_in_threads
 from .engines import make_embedder
 from .extract import Batch, ImageDataset, make_loader, plan_batches
@@ -36,9 +36,6 @@ from .schema import (
 from .sources import ImageKey, ImageRef, ImageSource
 
 logger = logging.getLogger(__name__)
-# the libraries that decode, preprocess and embed: their versions are part of the settings digest
-_LIBRARIES = ("torch", "torchvision", "timm", "onnxruntime", "onnx", "numpy", "pillow",
-              "pydicom", "pylibjpeg", "pylibjpeg-libjpeg", "pyarrow")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -103,7 +100,7 @@ def backbone_provenance(
         # what shapes the pixels and the embeddings besides the settings: the decoding,
         # preprocessing and embedding code and the libraries under it (common.code_digest)
         "code": code_digest("stage1_embed"),
-        "libraries": library_versions(_LIBRARIES) | {"python": sys.version.split()[0]},
+        "libraries": library_versions(IMAGE_LIBRARIES) | {"python": sys.version.split()[0]},
     }
     # what turns an image into its embedding, whatever the images are: a row embedded under the
     # same embedder digest from the same bytes is reused by a rerun on changed inputs

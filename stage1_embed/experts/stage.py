@@ -31,7 +31,7 @@ from safetensors.torch import save_file
 
 from ..backbones import Backbone, create_backbone, parse_backbone_spec
 from ..colour import stored_orders
-from ..common import atomic_path, code_digest, library_versions
+from ..common import IMAGE_LIBRARIES, atomic_path, code_digest, library_versions
 from ..errors import ConfigError, DataError
 from ..folds import load_or_make_eval_folds, read_same_lesion_links
 from ..schema import (
@@ -45,9 +45,6 @@ from ..sources import ImageRef, ImageSource, create_source
 from .fold import Classifier, predict, train_fold
 from .images import ImageStore
 from .recipe import Recipe
-
-_LIBRARIES = ("torch", "torchvision", "timm", "numpy", "pillow", "pydicom", "pylibjpeg",
-              "pylibjpeg-libjpeg", "scikit-learn")  # fmt: skip
 
 logger = logging.getLogger(__name__)
 EXPERTS_DIR = "experts"
@@ -183,7 +180,7 @@ def _settings(
         "recipe": config.recipe.to_json(), "schedule": "timm CosineLRScheduler", "folds_key": folds_key, "n_folds": config.n_folds,
         "rows": hashlib.sha256("\n".join(rows["split"] + "/" + rows["image_name"]).encode()).hexdigest(),
         # one policy with stage 1's embeddings: an edit to the code or a library upgrade retrains
-        "code": code_digest("stage1_embed"), "libraries": library_versions(_LIBRARIES),
+        "code": code_digest("stage1_embed"), "libraries": library_versions((*IMAGE_LIBRARIES, "scikit-learn")),
     }  # fmt: skip
     digest = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
     return {**relevant, "settings_digest": digest, "device": config.device,
