@@ -17,7 +17,8 @@ generated. Sections:
    full size, and how close the pixels are;
 4. stage 2: XGBoost ``device="cuda"`` vs CPU, seconds per trial on 33k x 200 features, same AUC;
    LightGBM's PyPI wheel has no CUDA;
-5. fine-tuning seconds per epoch (the expert stage, when present);
+5. the real HAM half (when present): stage 1 on CUDA, and the expert stage with the CUDA recipe
+   (seconds, seconds per epoch, the expert's OOF AUC; its probabilities stay in WORK/ham/experts);
 6. peak GPU memory per row, driver / torch / CUDA versions, and the command.
 """
 
@@ -43,11 +44,13 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import ISIC, REPO, WEIGHTS
+from benchmarks.common import HAM, ISIC, REPO, WEIGHTS
 from stage1_embed.backbones import create_backbone, parse_backbone_spec
 from stage1_embed.config import Stage1Config
 from stage1_embed.decode import decode_image_bytes
 from stage1_embed.engines import make_embedder
+from stage1_embed.experts.recipe import Recipe, default_recipe
+from stage1_embed.experts.stage import ExpertConfig, run_experts
 from stage1_embed.extract import Embedder
 from stage1_embed.pipeline import run_stage1
 from stage1_embed.preprocess import Preprocess
@@ -369,7 +372,7 @@ def _tv_rate(data: list[bytes], device: str) -> str:
 
 def stage2(quick: bool) -> None:
     try:
-        import xgboost  # noqa: F401
+        import xgboost
     except ImportError:
         row(
             "4 stage 2",
@@ -378,9 +381,16 @@ def stage2(quick: bool) -> None:
         )
         return
     X, y, groups = _stage2_data(quick)
-    for device in ("cpu", "cuda"):
+    has_cuda = xgboost.build_info().get("USE_CUDA") in (True, "ON", "1")
+    for device in ("cpu", "cuda") if has_cuda else ("cpu",):
         measured("4 stage 2", f"XGBoost {'CUDA' if device == 'cuda' else 'CPU'}: seconds per trial (5 folds)",
                  lambda d=device: _xgb_trial(X, y, groups, d), gpu=device == "cuda")  # fmt: skip
+    if not has_cuda:
+        row(
+            "4 stage 2",
+            "XGBoost CUDA",
+            "not measured: this XGBoost is a CPU-only build (xgboost-cpu)",
+        )
     row(
         "4 stage 2",
         "LightGBM on CUDA",
@@ -434,22 +444,40 @@ def _xgb_trial(X: pd.DataFrame, y: np.ndarray, groups: np.ndarray, device: str) 
 # ---------------------------------------------------------------- 5-6
 
 
-def finetune(root: Path, quick: bool) -> None:
-    try:
-        from stage1_embed.experts import seconds_per_epoch  # type: ignore[attr-defined]
-    except ImportError:
-        row(
-            "5 fine-tuning",
-            "seconds per epoch on the HAM half",
-            "not measured: the expert stage is not built yet",
-        )
+def finetune(work: Path, quick: bool) -> None:
+    """Stage 1 and the expert stage on the real HAM half on CUDA, the expert with the CUDA recipe."""
+    if not HAM.is_dir():
+        row("5 fine-tuning", "the expert stage on the HAM half", f"skipped (no HAM half at {HAM})")
         return
-    measured(
-        "5 fine-tuning",
-        "seconds per epoch on the HAM half",
-        lambda: seconds_per_epoch(quick),
-        gpu=True,
-    )
+    out = work / "ham"
+    measured("5 fine-tuning", "HAM half (3,008 real JPEGs): stage 1, Lite0 on CUDA",
+             lambda: _ham_stage1(out), gpu=True)  # fmt: skip
+    if not (out / "manifest.parquet").is_file():
+        return
+    recipe = default_recipe("cuda", **({"epochs": 1, "image_size": 128} if quick else {}))
+    label = f"HAM half: Lite0 expert, {recipe.image_size} px, {recipe.epochs} epochs, {recipe.precision}, 5 folds"
+    measured("5 fine-tuning", label, lambda: _expert(out, recipe), gpu=True)
+
+
+def _ham_stage1(out: Path) -> str:
+    config = Stage1Config(data_dir=HAM, out_dir=out, backbones=(portable_spec(),), device="cuda",
+                          batch_size=64, progress=False)  # fmt: skip
+    started = time.perf_counter()
+    summary = run_stage1(config)
+    return f"{summary.n_images / (time.perf_counter() - started):.0f} img/s files -> Parquet"
+
+
+def _expert(out: Path, recipe: Recipe) -> str:
+    """The whole expert stage; its probabilities stay in ``out/experts`` for stage 2 to stack."""
+    config = ExpertConfig(data_dir=HAM, out_dir=out, specs=(portable_spec(),), recipe=recipe, device="cuda",
+                          workers=min(8, os.cpu_count() or 1), progress=False)  # fmt: skip
+    started = time.perf_counter()
+    [result] = run_experts(config)
+    seconds = time.perf_counter() - started
+    per_epoch = seconds / (config.n_folds * recipe.epochs)
+    best = [info.get("best_epoch") for _, info in sorted(result.folds.items())]
+    return (f"{seconds:.0f} s ({per_epoch:.1f} s per epoch, prediction included); expert OOF AUC "
+            f"{result.oof_auc:.4f}; best epoch per fold {best}")  # fmt: skip
 
 
 def versions() -> None:
@@ -501,7 +529,7 @@ def main() -> int:
     throughput(root, args.work, args.quick)
     decode(root, args.work, args.quick)
     stage2(args.quick)
-    finetune(root, args.quick)
+    finetune(args.work, args.quick)
     versions()
     device = torch.cuda.get_device_name(0) if CUDA else f"no CUDA ({os.cpu_count()} CPU cores)"
     print(
