@@ -56,6 +56,8 @@ EXPERTS: dict[str, dict[str, Any]] = {
     "expert 160 px": {"image_size": 160},
     "expert EMA": {"ema": 0.99},
     "expert EMA 6 epochs": {"ema": 0.99, "epochs": 6},
+    "expert layer decay 0.85": {"layer_decay": 0.85},
+    "expert mixup 0.4": {"mixup": 0.4},
 }
 EXPERT_SPEC = f"local-dir:{WEIGHTS / 'tf_efficientnet_lite0'}"
 SETS = ("ham-half", "ham-lesions", "isic")

@@ -53,6 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--ema", type=float,
                    help="score an exponential moving average of the weights with this decay per "
                         "step (timm's ModelEmaV3; e.g. 0.99; default 0: the weights themselves)")  # fmt: skip
+    r.add_argument("--layer-decay", type=float,
+                   help="layer-wise learning rates: each backbone block this factor slower than the "
+                        "next, the new head at --lr (timm's param_groups_layer_decay; e.g. 0.85; "
+                        "default 1: one rate)")  # fmt: skip
+    r.add_argument("--mixup", type=float,
+                   help="mix each batch with itself reversed, images and labels, by Beta(a, a) "
+                        "(e.g. 0.4; default 0: off)")  # fmt: skip
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers for augmentation")
     p.add_argument(
         "--max-memory-gb", type=float, default=8.0, help="hold decoded images in memory up to this"

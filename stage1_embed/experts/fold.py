@@ -1,6 +1,7 @@
 """Fine-tune one fold: AdamW with warm-up and cosine decay, balanced loss, epoch chosen on an
 inner patient split, a checkpoint after every epoch (a killed run resumes there), TTA at prediction,
-optionally an exponential moving average of the weights in their place.
+optionally an exponential moving average of the weights in their place, layer-wise learning rates
+and mixup.
 
 Deterministic on the CPU for a given seed: each epoch reseeds torch from (seed, fold, epoch), so a
 resumed run draws the same batches and augmentations as an uninterrupted one.
@@ -14,11 +15,13 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from sklearn.metrics import roc_auc_score
+from timm.optim import param_groups_layer_decay
 from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader
@@ -72,7 +75,7 @@ def train_fold(
     drop_last = len(fit) > recipe.batch_size  # no last batch of a few images
     steps_per_epoch = len(fit) // recipe.batch_size if drop_last else 1  # the loader's length
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay
+        _param_groups(model, recipe), lr=recipe.lr, weight_decay=recipe.weight_decay
     )
     schedule = _warmup_cosine(optimizer, recipe, steps_per_epoch)
     n_pos = max(1.0, float(fit_y.sum()))
@@ -94,9 +97,8 @@ def train_fold(
         torch.manual_seed(recipe.seed * 100_003 + fold * 1_009 + epoch)
         loader = DataLoader(TrainingSet(store, fit, fit_y, recipe), batch_size=recipe.batch_size,
                             shuffle=True, num_workers=workers, drop_last=drop_last)  # fmt: skip
-        loss, schedule_step = _one_epoch(
-            model, loader, loss_fn, optimizer, schedule, schedule_step, autocast, device, ema
-        )
+        loss, schedule_step = _one_epoch(model, loader, loss_fn, optimizer, schedule, schedule_step,
+                                         autocast, device, ema, recipe.mixup)  # fmt: skip
         outcome.losses.append(loss)
         inner = predict(scored, store, stop, device, (), recipe)
         outcome.inner_aucs.append(
@@ -153,16 +155,17 @@ def _resume(
 def _one_epoch(
     model: Classifier, loader: DataLoader, loss_fn: torch.nn.Module,
     optimizer: torch.optim.Optimizer, schedule: CosineLRScheduler, step: int, autocast: torch.autocast,
-    device: torch.device, ema: ModelEmaV3 | None = None,
+    device: torch.device, ema: ModelEmaV3 | None = None, mixup: float = 0.0,
 ) -> tuple[float, int]:  # fmt: skip
     """One pass over ``loader``; the mean loss and the schedule's step after it."""
     model.train()
     total, seen = 0.0, 0
     for pixels, labels in loader:
+        pixels, labels = pixels.to(device, non_blocking=True), labels.to(device).float()
+        if mixup:
+            pixels, labels = _mix(pixels, labels, mixup)
         with autocast:
-            loss = loss_fn(
-                model(pixels.to(device, non_blocking=True)).float(), labels.to(device).float()
-            )
+            loss = loss_fn(model(pixels).float(), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -171,6 +174,29 @@ def _one_epoch(
             ema.update(model, step)
         total, seen = total + float(loss.detach()) * len(labels), seen + len(labels)
     return total / max(1, seen), step
+
+
+def _param_groups(model: Classifier, recipe: Recipe) -> list[dict[str, Any]]:
+    """One rate for all weights; with ``layer_decay`` < 1, timm's layer-wise groups for the
+    backbone (its ``lr_scale`` per block, which timm's scheduler applies) and the new head at
+    the full rate."""
+    if recipe.layer_decay >= 1:
+        return [{"params": list(model.parameters())}]
+    groups = param_groups_layer_decay(
+        model.backbone, recipe.weight_decay, layer_decay=recipe.layer_decay
+    )
+    return [*groups, {"params": list(model.head.parameters()), "lr_scale": 1.0}]
+
+
+def _mix(
+    pixels: torch.Tensor, labels: torch.Tensor, alpha: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup of each image with the batch's mirror image (first with last) and the labels alike.
+    By hand rather than timm's ``Mixup``: that draws from NumPy's global generator, which the
+    per-epoch reseeding of torch does not cover, so a resumed run would mix differently."""
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    mixed = pixels.float() * lam + pixels.flip(0).float() * (1 - lam)
+    return mixed, labels * lam + labels.flip(0) * (1 - lam)
 
 
 @torch.inference_mode()

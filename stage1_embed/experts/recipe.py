@@ -28,6 +28,8 @@ class Recipe:
     color: float = 0.2  # ColorJitter strength (brightness, contrast, saturation); hue / 10
     tta: tuple[str, ...] = ("hflip", "vflip")  # views averaged at prediction
     ema: float = 0.0  # decay per step of an average of the weights that is scored (0: off)
+    layer_decay: float = 1.0  # each backbone block learns this factor slower than the next (1: off)
+    mixup: float = 0.0  # Beta(a, a) mixing of image pairs and their labels (0: off)
     inner_fraction: float = 0.2  # patients of the training part that choose the epoch
     precision: str = "fp32"  # bf16 autocast on CUDA
     seed: int = 42
@@ -41,6 +43,9 @@ class Recipe:
             raise ConfigError("--scale-min must be in (0, 1] and the inner fraction in (0, 0.5).")
         if not 0 <= self.ema < 1:
             raise ConfigError(f"--ema {self.ema}: a decay in [0, 1), e.g. 0.99 (0: no average).")
+        if not 0 < self.layer_decay <= 1 or self.mixup < 0:
+            raise ConfigError(f"--layer-decay {self.layer_decay} must be in (0, 1], e.g. 0.85 (1: "
+                              f"one rate), and --mixup {self.mixup} >= 0, e.g. 0.4 (0: off).")  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
         values = asdict(self)

@@ -122,7 +122,8 @@ def test_a_killed_expert_run_resumes_to_the_same_probabilities(
         subprocess.run(["rm", "-rf", str(folder / "experts")], check=True)
     args = [sys.executable, "-m", "stage1_embed.experts", "--data", str(data), "--experts", f"local-dir:{lite0_dir()}",
             "--folds", "3", "--image-size", "32", "--epochs", "3", "--batch-size", "16", "--tta", "hflip",
-            "--format", "jpeg", "--device", "cpu", "--ema", "0.9", "--no-progress"]  # fmt: skip
+            "--format", "jpeg", "--device", "cpu", "--ema", "0.9", "--layer-decay", "0.9", "--mixup", "0.2",
+            "--no-progress"]  # fmt: skip
     subprocess.run([*args, "--out", str(reference)], check=True, cwd=REPO, capture_output=True)
     crashed = subprocess.run(  # SIGKILLs itself mid-fold: fold 1 has a checkpoint, not its result
         [*args, "--out", str(killed)], cwd=REPO, stderr=subprocess.DEVNULL,
@@ -136,8 +137,8 @@ def test_a_killed_expert_run_resumes_to_the_same_probabilities(
     )
     assert "resuming after epoch" in resumed.stderr or "fold 0 done" not in resumed.stderr
     recipe = read_provenance(expert_path(reference, SLUG))["recipe"]  # the flags reached it
-    assert (recipe["image_size"], recipe["epochs"], recipe["batch_size"], recipe["tta"], recipe["ema"]) == (
-        32, 3, 16, ["hflip"], 0.9)  # fmt: skip
+    assert (recipe["image_size"], recipe["epochs"], recipe["batch_size"], recipe["tta"], recipe["ema"],
+            recipe["layer_decay"], recipe["mixup"]) == (32, 3, 16, ["hflip"], 0.9, 0.9, 0.2)  # fmt: skip
     a = pd.read_parquet(expert_path(reference, SLUG))
     b = pd.read_parquet(expert_path(killed, SLUG))
     assert a[["image_name", "split", "fold"]].equals(b[["image_name", "split", "fold"]])
@@ -184,3 +185,46 @@ def test_the_weights_average_follows_the_training_from_behind() -> None:
     assert not torch.allclose(averaged, start) and not torch.allclose(averaged, model.head.weight)
     with pytest.raises(ConfigError, match="--ema"):
         Recipe(ema=1.0)
+
+
+def test_layer_decay_slows_the_early_blocks_and_leaves_the_head_at_full_rate() -> None:
+    """--layer-decay gives timm's per-block groups, whose scales timm's schedule applies."""
+    import timm
+    import torch
+
+    from stage1_embed.experts.fold import Classifier, _param_groups, _warmup_cosine
+
+    backbone = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0)
+    model = Classifier(backbone, backbone.num_features, mean=(0.5,) * 3, std=(0.25,) * 3)
+    recipe = Recipe(lr=0.01, layer_decay=0.5, warmup_epochs=0.0)
+    optimizer = torch.optim.AdamW(_param_groups(model, recipe), lr=recipe.lr)
+    _warmup_cosine(optimizer, recipe, 10).step_update(1)
+    rates = [group["lr"] for group in optimizer.param_groups]
+    head = next(g for g in optimizer.param_groups if g["params"][0] is model.head.weight)
+    stem = next(g for g in optimizer.param_groups if g["params"][0] is backbone.conv_stem.weight)
+    assert head["lr"] == max(rates) and stem["lr"] == min(rates) < head["lr"] * 0.5**10
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
+    one_rate = _param_groups(model, Recipe())
+    assert len(one_rate) == 1 and len(one_rate[0]["params"]) == len(list(model.parameters()))
+    with pytest.raises(ConfigError, match="--layer-decay"):
+        Recipe(layer_decay=0.0)
+
+
+def test_mixup_blends_images_and_labels_by_one_draw_that_the_seed_repeats() -> None:
+    import torch
+
+    from stage1_embed.experts.fold import _mix
+
+    pixels = torch.stack(
+        [torch.zeros(3, 4, 4, dtype=torch.uint8), torch.full((3, 4, 4), 200, dtype=torch.uint8)]
+    )
+    labels = torch.tensor([0.0, 1.0])
+    torch.manual_seed(3)
+    mixed, mixed_labels = _mix(pixels, labels, 0.4)
+    lam = 1 - float(mixed_labels[0])
+    assert 0 < lam < 1 and torch.allclose(mixed[0], torch.full((3, 4, 4), 200 * (1 - lam)))
+    assert torch.allclose(mixed_labels, torch.tensor([1 - lam, lam]))
+    torch.manual_seed(3)
+    assert torch.equal(_mix(pixels, labels, 0.4)[0], mixed)
+    with pytest.raises(ConfigError, match="--mixup"):
+        Recipe(mixup=-1.0)
