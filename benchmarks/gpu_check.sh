@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The one GPU check, ready for a session that is lent a GPU machine (see benchmarks/README.md).
 #
-#   benchmarks/gpu_check.sh --prepare    # here: the wheels the GPU machine lacks -> .whl/, and the
-#                                        # Lite0 weights and HAM half from ../shared -> .gpu-shared/
+#   benchmarks/gpu_check.sh --prepare    # here: the wheels the GPU machine lacks -> .whl/, and a
+#                                        # link .gpu-shared -> ../shared
 #   benchmarks/gpu_check.sh              # there (or anywhere): install .whl/ offline if needed, run
 #
-# The device tool's call: carry [".whl", ".gpu-shared"] (about 59 MiB with the repository).
+# The device tool's call carries [".whl", ".gpu-shared/weights/tf_efficientnet_lite0",
+# ".gpu-shared/data/ham10000_half"] (about 54 MiB with the repository): Lite0's real weights and
+# the real HAM half, which section 5 fine-tunes on.
 #
 # The H200 machines have Python 3.12 with torch, torchvision, timm, onnxruntime, pandas, pyarrow,
 # scikit-learn, safetensors and filelock, and no network: the project's other dependencies travel
@@ -24,14 +26,12 @@ if [ "${1:-}" = "--prepare" ]; then
     --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
     --implementation cp -d .whl "${WHEELS[@]}"
   du -sh .whl
-  # the real Lite0 weights and HAM half travel too (.gpu-shared/, ignored): section 5 needs them
+  # a link to the shared folder (ignored, nothing copied): the device call carries the two paths
+  # section 5 needs through it, and they arrive there as a real .gpu-shared/ folder
   SHARED=${MELANOMA_SHARED_DIR:-../shared}
   if [ -d "$SHARED/data/ham10000_half" ]; then
-    grep -qx '/.gpu-shared/' .git/info/exclude || echo '/.gpu-shared/' >> .git/info/exclude
-    rm -rf .gpu-shared && mkdir -p .gpu-shared/weights .gpu-shared/data
-    cp -r "$SHARED/weights/tf_efficientnet_lite0" .gpu-shared/weights/
-    cp -r "$SHARED/data/ham10000_half" .gpu-shared/data/
-    du -sh .gpu-shared
+    grep -qx '/.gpu-shared' .git/info/exclude || echo '/.gpu-shared' >> .git/info/exclude
+    ln -sfn "$(cd "$SHARED" && pwd)" .gpu-shared
   fi
   exit 0
 fi
