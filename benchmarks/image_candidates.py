@@ -48,6 +48,8 @@ CANDIDATES: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "last three stages": ((), {"stages": ("last", "last-1", "last-2")}),
     "input 288 px": ((), {"input_size": 288}),
     "hflip + vflip TTA": ((), {"tta": ("hflip", "vflip")}),
+    "pos-neg stage pooling": ((), {"stage_pooling": "pos-neg"}),
+    "GeM stage pooling": ((), {"stage_pooling": "gem"}),
 }
 # candidate -> the expert recipe's changes to the CPU defaults: Lite0 fine-tuned in the evaluation
 # folds (the expert stage), stacked as the `expert` group

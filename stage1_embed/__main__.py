@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .backbones import DEFAULT_BACKBONES, HUB_PRESET, SPEC_FORMS
 from .common import run_cli, setup_logging
-from .config import DEFAULT_OUT_DIR, POOLINGS, Stage1Config
+from .config import DEFAULT_OUT_DIR, POOLINGS, STAGE_POOLINGS, Stage1Config
 from .decode import DEFAULT_MAX_PIXELS
 from .errors import ConfigError
 from .extract import TTA_VIEWS
@@ -97,6 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="what the embedding holds: the average-pooled outputs of stages counted from the "
         "end (last, last-1, ...) and/or head (the pooled features the classifier sees); default "
         "the last two stages, no head",
+    )
+    p.add_argument(
+        "--stage-pooling",
+        choices=STAGE_POOLINGS,
+        default="avg",
+        help="how each stage's map is pooled: avg (default); pos-neg, the averages of its "
+        "positive and negative parts side by side (twice the width); gem, the generalised mean "
+        "(p=3) of its positive part",
     )
     p.add_argument(
         "--tta", default="", help=f"comma-separated extra views averaged in: {','.join(TTA_VIEWS)}"

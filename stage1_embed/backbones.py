@@ -104,6 +104,7 @@ def create_backbone(
     colour_constancy: str | None = None,
     pooling: str | None = None,
     stages: tuple[str, ...] | None = None,
+    stage_pooling: str | None = None,
 ) -> Backbone:
     """Build ``spec`` in eval mode: its output is the pooled pre-logits (``num_classes=0``), or
     with ``stages`` other than ``("head",)`` the pooled stages of stage_features.StageFeatures."""
@@ -142,8 +143,10 @@ def create_backbone(
     if stages and tuple(stages) != ("head",):  # recorded beside the preprocessing, as pooling
         from .stage_features import StageFeatures
 
-        model = StageFeatures(model, stages, int(width)).eval()
+        model = StageFeatures(model, stages, int(width), stage_pooling or "avg").eval()
         data_config["stages"] = list(stages)
+        if stage_pooling and stage_pooling != "avg":  # absent: the digests of earlier runs hold
+            data_config["stage_pooling"] = stage_pooling
         width = model.num_features
     return Backbone(spec, model, data_config, weights, architecture, int(width))
 

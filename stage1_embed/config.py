@@ -13,6 +13,7 @@ from .errors import ConfigError
 
 DEFAULT_OUT_DIR = Path("data/out")
 POOLINGS = ("avg", "max", "avgmax", "catavgmax")
+STAGE_POOLINGS = ("avg", "pos-neg", "gem")  # stage_features.pool_stage
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class Stage1Config:
     # what the embedding holds: head and/or stages from the end (last, last-1, ...); the last two
     # stages beat the head on both HAM sets (benchmarks/README.md, "Image feature candidates")
     stages: tuple[str, ...] = ("last", "last-1")
+    stage_pooling: str = "avg"  # avg | pos-neg | gem (stage_features.py): how a stage is pooled
     tta: tuple[str, ...] = ()
     device: str = "auto"
     precision: str = "auto"
@@ -91,6 +93,13 @@ class Stage1Config:
             raise ConfigError(f"--pooling {self.pooling} pools the head's feature map, which "
                               f"--stages {','.join(self.stages)} leaves out: add head "
                               f"(--stages head,{','.join(self.stages)}) or drop --pooling.")  # fmt: skip
+        if self.stage_pooling not in STAGE_POOLINGS:
+            raise ConfigError(f"--stage-pooling {self.stage_pooling!r}: use "
+                              f"{', '.join(STAGE_POOLINGS)}.")  # fmt: skip
+        if self.stage_pooling != "avg" and self.stages == ("head",):
+            raise ConfigError(f"--stage-pooling {self.stage_pooling} pools stages, and --stages "
+                              "head names none: name some (--stages last,last-1) or drop "
+                              "--stage-pooling.")  # fmt: skip
         if self.crop_pct is not None and not 0.1 <= self.crop_pct <= 1.0:
             raise ConfigError(f"--crop-pct {self.crop_pct}: use a fraction in (0.1, 1].")
         if self.decode not in ("auto", "pil", "torchvision"):

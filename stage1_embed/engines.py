@@ -111,6 +111,7 @@ def onnx_path(backbone: Backbone) -> Path:
     config = backbone.data_config  # what changes the network's output, beside the weights
     pool = f"-{config['global_pool']}" if "global_pool" in config else ""
     pool += f"-stages-{'-'.join(config['stages'])}" if "stages" in config else ""
+    pool += f"-{config['stage_pooling']}" if "stage_pooling" in config else ""
     name = f"{backbone.architecture}-{digest}-{size}px{pool}-opset{OPSET}-torch{torch.__version__.split('+')[0]}"
     return cache_dir() / "onnx" / f"{name}.onnx"
 

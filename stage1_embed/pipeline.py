@@ -241,6 +241,7 @@ def _build_backbone(
             random_init=config.random_init, input_size=config.input_size,
             crop_pct=config.crop_pct, crop_mode=config.crop_mode,
             colour_constancy=config.colour_constancy, pooling=config.pooling, stages=config.stages,
+            stage_pooling=config.stage_pooling,
         )  # fmt: skip
     preprocessing = expected.preprocessing
     try:
@@ -249,6 +250,7 @@ def _build_backbone(
             crop_pct=preprocessing.get("crop_pct"), crop_mode=preprocessing.get("crop_mode"),
             colour_constancy=preprocessing.get("colour_constancy"),
             pooling=preprocessing.get("global_pool"), stages=tuple(preprocessing.get("stages") or ()),
+            stage_pooling=preprocessing.get("stage_pooling"),
         )  # fmt: skip
     except WeightsError as err:
         raise weights_missing(expected, err) from None

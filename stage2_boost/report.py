@@ -267,7 +267,8 @@ def _markdown(metrics: dict[str, Any], subgroups: pd.DataFrame) -> str:
         weights, pre = p.get("weights") or {}, p.get("preprocessing") or {}
         lines.append(f"- `{slug}`: {p.get('architecture')}, pretrained={p.get('pretrained')}, weights from "
                      f"{weights.get('source')} (sha256 {str(weights.get('sha256'))[:12]}…), input "
-                     f"{pre.get('input_size')}, embedding from {'+'.join(pre.get('stages') or ['head'])}, "
+                     f"{pre.get('input_size')}, embedding from {'+'.join(pre.get('stages') or ['head'])} "
+                     f"({pre.get('stage_pooling', 'avg')} pooled), "
                      f"TTA {p.get('tta_views')}")  # fmt: skip
     lines += ["", "Config:", "", "```json", json.dumps(metrics["config"], indent=2), "```", ""]
     return "\n".join(lines)

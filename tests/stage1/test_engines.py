@@ -106,6 +106,40 @@ def test_stages_are_their_own_export_and_agree_with_the_models_own_stages(
         replace(config, pooling="max")  # the default stages have no head to pool
 
 
+def test_a_stage_pooling_is_its_own_export_and_pools_as_its_definition_says(
+    config: Stage1Config, tmp_path: Path
+) -> None:
+    """--stage-pooling pos-neg: each channel's positive and negative averages side by side (twice
+    the width, their difference the plain average), the same through ONNX and torch, its own
+    export and its own embeddings; gem: the cube root of the mean cube of the positive part."""
+    pytest.importorskip("onnxruntime")
+    from stage1_embed.backbones import create_backbone, parse_backbone_spec
+
+    stages = ("last", "last-1")
+    run_stage1(replace(config, stages=stages, out_dir=tmp_path / "avg"))
+    run_stage1(replace(config, engine="torch", stage_pooling="pos-neg", out_dir=tmp_path / "torch"))
+    assert run_stage1(replace(config, stage_pooling="pos-neg")).results[0].status == "computed"
+    plain, a, b = table(tmp_path / "avg"), table(tmp_path / "torch"), table(config.out_dir)
+    assert b.vectors.shape[1] == 2 * plain.vectors.shape[1] == 2 * (112 + 320)
+    assert b.provenance["preprocessing"]["stage_pooling"] == "pos-neg"
+    assert "stage_pooling" not in plain.provenance["preprocessing"]  # earlier runs' digests hold
+    assert b.provenance["engine_used"] == "onnx" and np.abs(a.vectors - b.vectors).max() < 1e-3
+    assert len(list((engines.cache_dir() / "onnx").glob("*last-1-pos-neg*.onnx"))) == 1
+    positive, negative = np.split(b.vectors[:, : 2 * 112], 2, axis=1)  # stage last-1 comes first
+    assert np.abs((positive - negative) - plain.vectors[:, :112]).max() < 1e-3
+    assert positive.min() >= 0 and negative.min() >= 0 and negative.max() > 0
+    spec = parse_backbone_spec(config.backbones[0])
+    gem = create_backbone(spec, stages=("last",), stage_pooling="gem").model
+    maps = create_backbone(spec, stages=("last",)).model.model.forward_intermediates(
+        pixels := torch.rand(2, 3, 224, 224), indices=[4], intermediates_only=True
+    )[0]
+    with torch.no_grad():
+        expected = maps.clamp(min=1e-6).pow(3).mean((2, 3)).pow(1 / 3)
+        assert torch.allclose(gem(pixels), expected, atol=1e-5)
+    with pytest.raises(ConfigError, match="--stages head names none"):
+        replace(config, stages=("head",), stage_pooling="gem")
+
+
 def test_an_export_that_disagrees_falls_back_to_torch(
     config: Stage1Config, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
     tmp_path: Path,
