@@ -40,7 +40,9 @@ class StageFeatures(nn.Module):
     ) -> None:
         super().__init__()
         if pooling not in STAGE_POOLINGS:
-            raise ConfigError(f"--stage-pooling {pooling!r}: use {', '.join(STAGE_POOLINGS)}.")
+            raise ConfigError(
+                f"Unknown stage pooling {pooling!r}: use {', '.join(STAGE_POOLINGS)}."
+            )
         self.model: Any = model  # a timm model (its stage methods are not typed on nn.Module)
         self.head = HEAD in stages
         self.indices = stage_indices(model, stages)
