@@ -265,10 +265,11 @@ def _markdown(metrics: dict[str, Any], subgroups: pd.DataFrame) -> str:
               "## Provenance", "", f"Feature groups: {', '.join(metrics['feature_groups'])}; {metrics['n_features']} features.", ""]  # fmt: skip
     for slug, p in metrics["backbone_provenance"].items():
         weights, pre = p.get("weights") or {}, p.get("preprocessing") or {}
+        pooling = f" ({pre['stage_pooling']} stage pooling)" if "stage_pooling" in pre else ""
         lines.append(f"- `{slug}`: {p.get('architecture')}, pretrained={p.get('pretrained')}, weights from "
                      f"{weights.get('source')} (sha256 {str(weights.get('sha256'))[:12]}…), input "
-                     f"{pre.get('input_size')}, embedding from {'+'.join(pre.get('stages') or ['head'])} "
-                     f"({pre.get('stage_pooling', 'avg')} pooled), "
+                     f"{pre.get('input_size')}, embedding from {'+'.join(pre.get('stages') or ['head'])}"
+                     f"{pooling}, "
                      f"TTA {p.get('tta_views')}")  # fmt: skip
     lines += ["", "Config:", "", "```json", json.dumps(metrics["config"], indent=2), "```", ""]
     return "\n".join(lines)
